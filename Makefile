@@ -1,0 +1,47 @@
+# The front door. Every target sets itself up: a .venv with the pinned set from
+# requirements.lock, checked against a JDK 17. Nothing else is needed beforehand.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOME_DIR ?= ./var
+
+.PHONY: help venv demo test test-fast bench clean check-jdk
+
+help:
+	@echo "make demo   - synthetic data -> Spark batch plane -> Redis, prints recall lists"
+	@echo "make test   - the full test suite (real Spark, real Redis)"
+	@echo "make bench  - batch-plane benchmark on a 1M-rating synthetic set (JSON in bench/results)"
+	@echo "make clean  - remove ./var (the default home); the venv stays"
+
+check-jdk:
+	@scripts/check_jdk.sh
+
+$(STAMP): requirements.lock pyproject.toml scripts/check_jdk.sh
+	@scripts/check_jdk.sh
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -r requirements.lock
+	# tensorflow-serving-api pins the full `tensorflow` wheel; tensorflow-cpu provides it.
+	$(PY) -m pip install -q --no-deps tensorflow-serving-api==2.20.0
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/recsys --home $(HOME_DIR) demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not spark"
+
+bench: $(STAMP)
+	$(PY) -m bench.batch_bench
+
+clean:
+	rm -rf $(HOME_DIR)

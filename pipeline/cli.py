@@ -1,0 +1,332 @@
+"""The `recsys` command line: a thin layer that parses flags and calls the modules.
+
+    recsys [--home DIR] [--config FILE] <command> ...
+
+Commands: ``data`` (synth, inspect), ``batch``, ``evaluate``, ``redis``, ``config``,
+``demo``. Later planes add ``train``, ``export``, ``serve`` and ``stream`` as
+sub-parsers of the same tree (see ``COMMANDS``). Errors a user can fix (bad input,
+bad config, missing data) print one clear line and exit 2; nothing prints a
+traceback unless ``RECSYS_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline.config import Config, ConfigError, as_dict, load_config, sample_toml
+from pipeline.home import Home
+
+console = Console(stderr=True)
+out = Console()
+
+
+class UsageError(Exception):
+    """A mistake the user can fix; printed as one line, exit status 2."""
+
+
+# --- helpers --------------------------------------------------------------------------
+def _config(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    return load_config(home=args.home, config_file=args.config, overrides=overrides)
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[str(x) for x in r])
+    out.print(table)
+
+
+# --- data -----------------------------------------------------------------------------
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from pipeline import synth
+
+    knobs = {k: getattr(args, k) for k in ("users", "movies", "ratings", "seed") if getattr(args, k) is not None}
+    cfg = _config(args, {"synth": knobs} if knobs else None)
+    target = Path(args.out) if args.out else Home(cfg.home).synthetic_data
+    with _progress() as progress:
+        task = progress.add_task("synthesising", total=100)
+        summary = synth.generate(cfg.synth, target, overwrite=args.overwrite,
+                                 progress=lambda stage, frac: progress.update(task, description=stage, completed=int(frac * 100)))
+        progress.update(task, completed=100)
+    _print_table(f"synthetic MovieLens (ML-1M layout) in {target}", ["statistic", "value"],
+                 [[k, v] for k, v in summary.as_dict().items()])
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from pipeline import movielens as ml
+
+    layout = ml.detect_layout(Path(args.dir))
+    rows = []
+    for table in ("ratings", "movies", "users", "tags"):
+        src = layout.source(table)
+        if src is None:
+            rows.append([table, "-", "absent", "-"])
+            continue
+        df, bad = ml.read_table(layout, table, on_bad_rows=args.on_bad_rows)
+        rows.append([table, src.path.name, len(df), bad])
+    _print_table(f"{layout.name} dataset at {layout.root}", ["table", "file", "rows", "skipped bad rows"], rows)
+    return 0
+
+
+def _ensure_default_data(cfg: Config) -> Path:
+    """The home's synthetic dataset, generated on first use."""
+    from pipeline import synth
+
+    target = Home(cfg.home).synthetic_data
+    if not (target / "ratings.dat").exists():
+        console.print(f"[yellow]no --data given: generating synthetic MovieLens data into {target}")
+        with _progress() as progress:
+            task = progress.add_task("synthesising", total=100)
+            synth.generate(cfg.synth, target, overwrite=True,
+                           progress=lambda stage, frac: progress.update(task, description=stage, completed=int(frac * 100)))
+    return target
+
+
+# --- batch ----------------------------------------------------------------------------
+def _batch_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    data: dict[str, Any] = {}
+    if getattr(args, "split", None):
+        data["split"] = args.split
+    if getattr(args, "on_bad_rows", None):
+        data["on_bad_rows"] = args.on_bad_rows
+    return {"data": data} if data else {}
+
+
+def run_batch_with_progress(cfg: Config, data_dir: Path | None, steps: list[str] | None = None,
+                            version: str | None = None) -> dict[str, Any]:
+    from spark_jobs.batch import STEPS, run_batch
+
+    chosen = steps or list(STEPS)
+    with _progress() as progress:
+        task = progress.add_task("starting Spark", total=len(chosen))
+
+        def on_step(name: str, phase: str, result: dict[str, Any] | None) -> None:
+            if phase == "start":
+                progress.update(task, description=f"batch: {name}")
+            else:
+                progress.advance(task)
+                progress.console.print(f"  [green]✓[/] {name} ({result.get('seconds', 0)} s)")
+
+        manifest = run_batch(cfg, data_dir, steps=steps, version=version, on_step=on_step)
+    rows = []
+    for name, result in manifest["steps"].items():
+        brief = {k: v for k, v in result.items() if k != "seconds" and not isinstance(v, dict)}
+        rows.append([name, result.get("seconds"), json.dumps(brief, default=str)[:90]])
+    _print_table(f"batch version {manifest['version']} ({manifest['status']}, split={manifest['split']})",
+                 ["step", "seconds", "summary"], rows)
+    return manifest
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    cfg = _config(args, _batch_overrides(args))
+    steps = args.steps.split(",") if args.steps else None
+    data = Path(args.data) if args.data else None
+    if data is None and args.version is None:
+        data = _ensure_default_data(cfg)
+    run_batch_with_progress(cfg, data, steps=steps, version=args.version)
+    return 0
+
+
+# --- evaluate -------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import redis
+
+    from pipeline import evaluate as ev
+    from pipeline.redis_server import redis_for_home
+
+    cfg = _config(args, {"data": {"split": "p1"}})
+    if args.stage != "recall":
+        raise UsageError(f"unknown stage {args.stage!r}")
+    with redis_for_home(cfg) as url, _progress() as progress:
+        task = progress.add_task("evaluating recall (P1)", total=None)
+        client = redis.Redis.from_url(url)
+        report = ev.evaluate_recall(cfg, client, k=args.k, max_users=args.max_users,
+                                    on_progress=lambda i, n: progress.update(task, completed=i, total=n))
+        client.close()
+    rows = [[r.model, r.protocol, ", ".join(f"{k}={v}" for k, v in r.metrics.items()), r.seconds, r.notes] for r in report.rows]
+    _print_table(f"evaluation of batch {report.info['batch_version']} ({report.info['users']} users)",
+                 ["model", "protocol", "metrics", "seconds", "notes"], rows)
+    if args.json:
+        ev.write_json(report, Path(args.json))
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+# --- redis ----------------------------------------------------------------------------
+def cmd_redis(args: argparse.Namespace) -> int:
+    from pipeline import redis_server as rs
+
+    cfg = _config(args)
+    data_dir = Home(cfg.home).redis_dir
+    running = rs.find_running(data_dir)
+    if args.action == "status":
+        out.print(f"running at {running.url} (pid {running.pid})" if running else "not running")
+        return 0 if running else 1
+    if args.action == "start":
+        server = running or rs.start_redis(data_dir)
+        out.print(server.url)
+        return 0
+    if running:
+        running.stop(save=True)
+        out.print(f"stopped (data saved in {data_dir})")
+    else:
+        out.print("not running")
+    return 0
+
+
+# --- config ---------------------------------------------------------------------------
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "sample":
+        sys.stdout.write(sample_toml())
+        return 0
+    out.print_json(json.dumps(as_dict(_config(args))))
+    return 0
+
+
+# --- demo -----------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    import redis
+
+    from pipeline.redis_server import redis_for_home
+    from pipeline.recall import merge
+    from pipeline.store import RedisStore
+
+    overrides = {"synth": {"users": args.users, "ratings": args.ratings, "movies": args.movies}}
+    cfg = _config(args, overrides)
+    t0 = time.perf_counter()
+    data = Path(args.data) if args.data else _ensure_default_data(cfg)
+    manifest = run_batch_with_progress(cfg, data)
+    with redis_for_home(cfg) as url:
+        client = redis.Redis.from_url(url)
+        store = RedisStore(client, cfg.redis.key_prefix)
+        users = sorted(int(u) for u in _sample_users(cfg, manifest["version"], args.show))
+        for user_id in users + [10**9]:
+            ctx, feats = store.user_context(user_id)
+            candidates = merge(ctx, store, cfg.recall)[:args.k]
+            titles = _titles(store, [c.movie_id for c in candidates] + [m for m, _, _ in ctx.history[-3:]])
+            who = (f"user {user_id} ({feats.get('gender')}, age {feats.get('age_bucket')}, likes {', '.join(ctx.top_genres)})"
+                   if feats else f"unknown user {user_id} (cold start)")
+            recent = "; ".join(titles.get(m, str(m)) for m, _, _ in ctx.history[-3:]) or "-"
+            _print_table(f"{who}\nrecently rated: {recent}", ["#", "movie", "recall score", "channels"],
+                         [[i + 1, titles.get(c.movie_id, c.movie_id), c.score, ",".join(c.sources)]
+                          for i, c in enumerate(candidates)])
+        client.close()
+    console.print(f"[bold green]demo done in {time.perf_counter() - t0:.0f} s[/]: home {cfg.home}, "
+                  f"batch version {manifest['version']} published to Redis (saved under {Home(cfg.home).redis_dir}).")
+    return 0
+
+
+def _sample_users(cfg: Config, version: str, n: int) -> list[int]:
+    import pandas as pd
+
+    from pipeline.home import table_path
+
+    uf = pd.read_parquet(table_path(Home(cfg.home), version, "user_features"), columns=["user_id", "n_ratings"])
+    return uf.sort_values("user_id").iloc[:: max(1, len(uf) // max(n, 1))]["user_id"].head(n).tolist()
+
+
+def _titles(store: Any, movie_ids: list[int]) -> dict[int, str]:
+    pipe = store.client.pipeline(transaction=False)
+    for m in movie_ids:
+        pipe.hget(store.keys.movie(store.version, m), "title")
+    return {m: json.loads(t) for m, t in zip(movie_ids, pipe.execute()) if t}
+
+
+# --- parser ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description="Movie recall-and-rank pipeline: batch (Spark), "
+                                     "stream (Flink), ranking (TensorFlow), serving (gRPC).")
+    parser.add_argument("--home", help="home directory of all artifacts (default $RECSYS_HOME or ./var)")
+    parser.add_argument("--config", help="TOML config file (default <home>/recsys.toml when present)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    data = sub.add_parser("data", help="generate or inspect MovieLens-format data")
+    dsub = data.add_subparsers(dest="action", required=True, metavar="action")
+    synth = dsub.add_parser("synth", help="write a synthetic dataset in the ML-1M layout")
+    synth.add_argument("--out", help="output directory (default <home>/data/synthetic)")
+    synth.add_argument("--users", type=int)
+    synth.add_argument("--movies", type=int)
+    synth.add_argument("--ratings", type=int)
+    synth.add_argument("--seed", type=int)
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    synth.set_defaults(func=cmd_data_synth)
+    inspect = dsub.add_parser("inspect", help="detect a dataset's layout and validate every row")
+    inspect.add_argument("dir")
+    inspect.add_argument("--on-bad-rows", choices=("fail", "skip"), default="fail")
+    inspect.set_defaults(func=cmd_data_inspect)
+
+    batch = sub.add_parser("batch", help="run the Spark batch plane and publish to Redis")
+    batch.add_argument("--data", help="MovieLens directory (default: the home's synthetic data, generated if absent)")
+    batch.add_argument("--split", choices=("none", "p1"), help="'p1' holds out each user's last two ratings for evaluation")
+    batch.add_argument("--steps", help="comma-separated subset of ingest,prepare,features,recall,samples,publish")
+    batch.add_argument("--version", help="rerun --steps inside this existing batch version")
+    batch.add_argument("--on-bad-rows", choices=("fail", "skip"), help="malformed input rows: fail (default) or skip")
+    batch.set_defaults(func=cmd_batch)
+
+    evaluate = sub.add_parser("evaluate", help="quality under EVALUATION.md protocols")
+    evaluate.add_argument("--stage", choices=("recall",), default="recall", help="what to evaluate")
+    evaluate.add_argument("--k", type=int, default=10)
+    evaluate.add_argument("--max-users", type=int, help="evaluate a seeded sample of users")
+    evaluate.add_argument("--json", help="also write the table as JSON here")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    red = sub.add_parser("redis", help="the home's embedded redis-server")
+    red.add_argument("action", choices=("start", "stop", "status"))
+    red.set_defaults(func=cmd_redis)
+
+    conf = sub.add_parser("config", help="show the effective configuration or the commented sample")
+    conf.add_argument("action", choices=("show", "sample"))
+    conf.set_defaults(func=cmd_config)
+
+    demo = sub.add_parser("demo", help="synthetic data -> batch plane -> Redis, then recall lists for a few users")
+    demo.add_argument("--data", help="use this MovieLens directory instead of synthetic data")
+    demo.add_argument("--users", type=int, default=6040)
+    demo.add_argument("--movies", type=int, default=3883)
+    demo.add_argument("--ratings", type=int, default=1_000_209)
+    demo.add_argument("--show", type=int, default=3, help="how many users to print")
+    demo.add_argument("--k", type=int, default=10)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pipeline import movielens as ml
+    from pipeline.evaluate import EvaluationError
+    from pipeline.redis_server import RedisUnavailable
+    from spark_jobs.batch import BatchError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ConfigError, ml.DatasetError, EvaluationError, RedisUnavailable, BatchError, ValueError,
+            FileNotFoundError) as exc:
+        if os.environ.get("RECSYS_DEBUG"):
+            raise
+        console.print(f"[bold red]error:[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

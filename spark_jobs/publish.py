@@ -1,0 +1,175 @@
+"""Publish: load one batch version's features and recall lists into Redis, then switch.
+
+Every publish writes under a fresh Redis version (``<batch version>.<n>``), writes a
+manifest last, and then switches ``current`` in one command. Readers resolve
+``current`` first and read only that version, so they see the old publish or the
+new one, never a mix. Versions beyond ``publish.keep_versions`` are deleted after the
+switch. A lock key keeps two publishes from interleaving. A failed publish leaves
+``current`` where it was (its partial keys are removed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Iterable
+
+import redis
+
+from pipeline import keys as K
+from pipeline.config import Config
+from pipeline.home import Home, table_path
+from spark_jobs.session import read_table
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+class _Writer:
+    """Buffers commands into pipelines of ``size`` and counts what it wrote."""
+
+    def __init__(self, client: redis.Redis, size: int) -> None:
+        self.pipe = client.pipeline(transaction=False)
+        self.size, self.pending, self.written = size, 0, 0
+
+    def add(self, fn: Callable[[Any], Any]) -> None:
+        fn(self.pipe)
+        self.pending += 1
+        if self.pending >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.pipe.execute()
+            self.written += self.pending
+            self.pending = 0
+
+
+def _finite(value: Any) -> Any:
+    """NaN (a movie nobody rated has no mean) is stored as null: JSON has no NaN."""
+    return None if isinstance(value, float) and value != value else value
+
+
+def _rows(df) -> Iterable:  # noqa: ANN001
+    return df.toLocalIterator(prefetchPartitions=True)
+
+
+def delete_version(client: redis.Redis, keys: K.Keys, version: str, batch: int = 1000) -> int:
+    """Remove every key of one published version; returns how many were deleted."""
+    n, chunk = 0, []
+    for key in client.scan_iter(match=keys.version_prefix(version) + "*", count=batch):
+        chunk.append(key)
+        if len(chunk) >= batch:
+            n += client.unlink(*chunk)
+            chunk = []
+    if chunk:
+        n += client.unlink(*chunk)
+    return n
+
+
+def publish(spark, cfg: Config, batch_version: str, client: redis.Redis,  # noqa: ANN001
+            on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    home = Home(cfg.home)
+    keys = K.Keys(cfg.redis.key_prefix)
+    lock_token = f"{batch_version}:{time.time()}"
+    if not client.set(keys.publish_lock(), lock_token, nx=True, ex=3600):
+        raise PublishError(f"another publish holds {keys.publish_lock()} ({client.get(keys.publish_lock())!r}); "
+                           "wait for it or delete the key if its process died")
+    version = f"{batch_version}.{client.incr(keys.publish_seq())}"
+    counts: dict[str, int] = {}
+    try:
+        w = _Writer(client, cfg.publish.pipeline_size)
+
+        def step(name: str, rows: Iterable, write: Callable[[Any, Any], None]) -> None:
+            if on_progress:
+                on_progress(f"publish {name}")
+            n = 0
+            for row in rows:
+                w.add(lambda p, row=row: write(p, row))
+                n += 1
+            counts[name] = n
+
+        uf = read_table(spark, table_path(home, version=batch_version, name="user_features"))
+
+        def write_user(p, r) -> None:  # noqa: ANN001
+            fields = {"n_ratings": r["n_ratings"], "mean_rating": r["mean_rating"], "std_rating": r["std_rating"],
+                      "first_ts": r["first_ts"], "last_ts": r["last_ts"],
+                      "genre_affinity": json.loads(r["genre_affinity"]), "top_genres": list(r["top_genres"] or []),
+                      "gender": r["gender"], "age": r["age"], "age_bucket": r["age_bucket"],
+                      "occupation": r["occupation"], "zip": r["zip"]}
+            p.hset(keys.user(version, r["user_id"]), mapping=K.encode_fields(fields))
+            p.set(keys.user_history(version, r["user_id"]), r["history"])
+            p.set(keys.user_seen(version, r["user_id"]), K.encode_ids(r["seen"] or []))
+
+        step("users", _rows(uf), write_user)
+
+        mf = read_table(spark, table_path(home, batch_version, "movie_features"))
+        movie_ids: list[int] = []
+
+        def write_movie(p, r) -> None:  # noqa: ANN001
+            fields = {c: _finite(r[c]) for c in ("title", "year", "decade", "n_ratings", "mean_rating", "std_rating",
+                                        "bayes_rating", "popularity", "in_catalog")}
+            fields["genres"] = list(r["genres"] or [])
+            fields["title_tokens"] = list(r["title_tokens"] or [])
+            p.hset(keys.movie(version, r["movie_id"]), mapping=K.encode_fields(fields))
+            if r["in_catalog"]:
+                movie_ids.append(int(r["movie_id"]))
+
+        step("movies", _rows(mf), write_movie)
+        w.add(lambda p: p.set(keys.movie_ids(version), json.dumps(sorted(movie_ids))))
+
+        step("als", _rows(read_table(spark, table_path(home, batch_version, "recall_als"))),
+             lambda p, r: p.set(keys.user_list(version, "als", r["user_id"]), K.encode_scored(zip(r["items"], r["scores"]))))
+        for name, table in (("similar", "recall_similar"), ("next", "recall_next")):
+            step(name, _rows(read_table(spark, table_path(home, batch_version, table))),
+                 lambda p, r, name=name: p.set(keys.item_list(version, name, r["movie_id"]),
+                                               K.encode_scored(zip(r["items"], r["scores"]))))
+        step("lists", _rows(read_table(spark, table_path(home, batch_version, "recall_lists"))),
+             lambda p, r: p.set(keys.global_list(version, r["name"]), K.encode_scored(zip(r["items"], r["scores"]))))
+        manifest = home.read_manifest(batch_version)
+        meta = {"batch_version": batch_version, "publish_version": version, "split": cfg.data.split,
+                "published_at": time.time(), "counts": counts, "data": manifest.get("data")}
+        w.add(lambda p: p.hset(keys.manifest(version), mapping=K.encode_fields(meta)))
+        w.flush()
+        # The switch: one SET; the ZADD only feeds clean-up.
+        pipe = client.pipeline(transaction=True)
+        pipe.set(keys.current(), version)
+        pipe.zadd(keys.versions(), {version: time.time()})
+        pipe.execute()
+    except BaseException:
+        delete_version(client, keys, version)
+        raise
+    finally:
+        if client.get(keys.publish_lock()) == lock_token.encode():
+            client.delete(keys.publish_lock())
+    removed = cleanup(client, keys, cfg.publish.keep_versions)
+    return {"publish_version": version, "keys_written": w.written, "rows": counts, "versions_removed": removed}
+
+
+def cleanup(client: redis.Redis, keys: K.Keys, keep: int) -> list[str]:
+    """Delete published versions older than the newest ``keep`` (never the current one)."""
+    current = (client.get(keys.current()) or b"").decode()
+    versions = [v.decode() for v in client.zrange(keys.versions(), 0, -1)]
+    old = [v for v in versions[:-keep] if v != current] if keep < len(versions) else []
+    for v in old:
+        delete_version(client, keys, v)
+        client.zrem(keys.versions(), v)
+    return old
+
+
+def run(spark, cfg: Config, version: str) -> dict[str, Any]:  # noqa: ANN001
+    from pipeline.redis_server import redis_for_home
+
+    with redis_for_home(cfg) as url:
+        client = redis.Redis.from_url(url)
+        try:
+            return publish(spark, cfg, version, client)
+        finally:
+            client.close()
+
+
+if __name__ == "__main__":
+    from spark_jobs.main import job_main
+
+    job_main("publish")
