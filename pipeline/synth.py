@@ -44,6 +44,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Callable, Sequence
 
 import numpy as np
@@ -75,8 +76,15 @@ _GENRE_CIRCLE: tuple[str, ...] = (
 )
 #: How strongly a movie's genres follow its angle (von Mises concentration).
 _GENRE_ANGLE_KAPPA = 2.5
+#: Rounds of adjusting genre base rates so the drawn mix matches ML-1M's despite the angle preference.
+_GENRE_CALIBRATION_ROUNDS = 8
 #: ML-1M movies with 1..6 genres (of 3,883).
 _GENRES_PER_MOVIE = np.array([2025, 1322, 421, 100, 14, 1], dtype=np.float64)
+
+#: Release years: ML-1M movies released 2000, 1999, ..., 1990 (the bulk), then an exponential tail.
+_RECENT_YEAR_WEIGHTS = np.array([156, 283, 337, 315, 345, 342, 257, 165, 102, 80, 70], dtype=np.float64)
+_RECENT_YEAR_SHARE = 0.65
+_OLD_YEAR_SCALE = 15.0
 
 #: ML-1M user marginals: age bucket counts, occupation counts (codes 0..20), share male.
 _AGE_COUNTS: dict[int, int] = {1: 222, 18: 1103, 25: 2096, 35: 1193, 45: 550, 50: 496, 56: 380}
@@ -111,14 +119,14 @@ _OCC_GENRE_SD = 0.15   # per-occupation random genre shift
 _USER_GENRE_SD = 0.5   # individual genre preference spread
 
 #: Ratings per user: min + soft-capped lognormal excess (median ~96, max ~2,300 at ML-1M size).
-_USER_COUNT_SIGMA = 1.15
+_USER_COUNT_SIGMA = 1.25
 _USER_SOFTCAP_SHARE = 0.9   # soft cap of the excess, as a share of the rated movies
 
 #: Movie popularity by relative rank r in [0, 1): a power law (r + offset) ** -alpha for the
 #: head times (1 - r + tail_eps) ** tail for the steep end of the long tail (ML-1M: 290 rated
 #: movies have fewer than 5 ratings).
 _POP_ALPHA = 0.8
-_POP_OFFSET = 0.006
+_POP_OFFSET = 0.003
 _POP_TAIL = 1.5
 _POP_TAIL_EPS = 0.008
 _POP_RECENCY = 0.25   # recent movies rank a little higher (per decade, in sd units of the rank key)
@@ -132,7 +140,7 @@ _ARC_BASE = 1.6            # typical arc (radians) before the per-user activity 
 _ARC_SHARE_WIDEN = 8.0     # arc += this * (user's movies / rated movies) * 2*pi, capped at 2*pi
 _ARC_CENTER_SD = 0.7       # noise of the arc's centre around the user's genre direction
 _FORWARD_SHARE = 0.8       # users who travel the circle counter-clockwise (the rest clockwise)
-_ORDER_NOISE = 0.6         # position noise (radians) at sequence_strength=1; divided by the knob
+_ORDER_NOISE = 1.2         # position noise (radians) at sequence_strength=1; divided by the knob
 _ARC_MARGIN = 0.4          # movies this far outside the arc still take an arc position
 
 #: Rating score components (standard deviations, in latent units).
@@ -152,7 +160,7 @@ _GENRE_RATING_SHIFT: dict[str, float] = {
 _RATING_COUNTS = np.array([56174, 107557, 261197, 348971, 226310], dtype=np.float64)
 
 #: Time: share of users who start in the first part of the span (ML-1M: most in 2000).
-_EARLY_USER_SHARE = 0.85
+_EARLY_USER_SHARE = 0.9
 _EARLY_SPAN_SHARE = 0.24
 _SESSION_CUT_SKEW = 0.5        # cut positions ~ u**skew: <1 makes the first session the largest
 _SESSION_GAP_MEDIAN_DAYS = 5.0  # between sessions: lognormal
@@ -266,6 +274,7 @@ def generate(cfg: SynthConfig, out_dir: Path, progress: Progress | None = None, 
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is meant to be shared
         _write_files(tmp, cfg, data)
         _check_target(out_dir, overwrite)  # re-check: someone may have created it meanwhile
         _swap_in(tmp, out_dir)
@@ -410,20 +419,15 @@ def _simulate(cfg: SynthConfig, plan: _Plan, report: Progress) -> _Data:
     theta = rng_movies.uniform(-np.pi, np.pi, n_movies)
     genre_angle = np.array([2 * np.pi * _GENRE_CIRCLE.index(g) / n_genres for g in SYNTH_GENRES])
     freq = np.array([_GENRE_FREQ[g] for g in SYNTH_GENRES], dtype=np.float64)
-    genre_logit = np.log(freq)[None, :] + _GENRE_ANGLE_KAPPA * np.cos(theta[:, None] - genre_angle[None, :])
-    genre_logit += rng_movies.gumbel(size=genre_logit.shape)
     k_genres = rng_movies.choice(len(_GENRES_PER_MOVIE), size=n_movies, p=_GENRES_PER_MOVIE / _GENRES_PER_MOVIE.sum()) + 1
-    ranked = np.argsort(-genre_logit, axis=1)
-    genre_hot = np.zeros((n_movies, n_genres), dtype=bool)
-    take = np.arange(n_genres)[None, :] < k_genres[:, None]
-    rows = np.broadcast_to(np.arange(n_movies)[:, None], ranked.shape)
-    genre_hot[rows[take], ranked[take]] = True
+    genre_hot = _draw_genres(theta, genre_angle, freq, k_genres, rng_movies.gumbel(size=(n_movies, n_genres)))
     gi = {g: i for i, g in enumerate(SYNTH_GENRES)}
 
-    # release years: mostly recent (median ~1994), a long tail back to 1919
-    recent = rng_movies.random(n_movies) < 0.8
-    back = np.where(recent, np.floor(rng_movies.exponential(6.0, n_movies)), rng_movies.integers(0, 82, n_movies))
-    years = np.clip(2000 - back, 1919, 2000).astype(np.int64)
+    # release years: mostly the 1990s (median ~1994), a long tail back to 1919
+    recent = rng_movies.random(n_movies) < _RECENT_YEAR_SHARE
+    back_recent = rng_movies.choice(len(_RECENT_YEAR_WEIGHTS), size=n_movies, p=_RECENT_YEAR_WEIGHTS / _RECENT_YEAR_WEIGHTS.sum())
+    back_old = len(_RECENT_YEAR_WEIGHTS) + np.floor(rng_movies.exponential(_OLD_YEAR_SCALE, n_movies))
+    years = np.clip(2000 - np.where(recent, back_recent, back_old), 1919, 2000).astype(np.int64)
     noir = genre_hot[:, gi["Film-Noir"]]
     years[noir] = rng_movies.integers(1940, 1959, int(noir.sum()))
     west = genre_hot[:, gi["Western"]] & (rng_movies.random(n_movies) < 0.5)
@@ -455,8 +459,9 @@ def _simulate(cfg: SynthConfig, plan: _Plan, report: Progress) -> _Data:
 
     # ---- users: demographics, genre preferences, latent taste, arc on the circle
     report("users", 0.1)
-    ages = np.array(list(_AGE_COUNTS))
-    age = rng_users.choice(ages, size=n_users, p=np.array(list(_AGE_COUNTS.values())) / sum(_AGE_COUNTS.values()))
+    ages = np.array(sorted(AGE_BUCKETS))  # ML-1M codes 1, 18, 25, 35, 45, 50, 56
+    age_weights = np.array([_AGE_COUNTS[a] for a in ages], dtype=np.float64)
+    age = rng_users.choice(ages, size=n_users, p=age_weights / age_weights.sum())
     gender = np.where(rng_users.random(n_users) < _MALE_SHARE, "M", "F")
     occ_odds = np.tile(_OCCUPATION_COUNTS, (len(ages), 1))
     for occ, by_age in _OCC_AGE_ODDS.items():
@@ -522,13 +527,40 @@ def _simulate(cfg: SynthConfig, plan: _Plan, report: Progress) -> _Data:
                  occupation=occupation, zips=zips, user_idx=user_idx, movie_idx=movie_idx, rating=rating, ts=ts)
 
 
+def _draw_genres(theta: np.ndarray, genre_angle: np.ndarray, freq: np.ndarray, k_genres: np.ndarray,
+                 gumbel: np.ndarray) -> np.ndarray:
+    """Multi-hot genres: ``k`` genres per movie by Gumbel top-k, favouring genres near its angle.
+
+    The angle preference distorts the base rates (genres with busy neighbours gain), so
+    the base-rate offsets are adjusted a few rounds, on the same noise, until the genre
+    mix matches ML-1M's. Cheap: movies x 18.
+    """
+    n_movies, n_genres = gumbel.shape
+    near = _GENRE_ANGLE_KAPPA * np.cos(theta[:, None] - genre_angle[None, :]) + gumbel
+    target = freq / freq.sum()
+    offset = np.log(freq)
+    take = np.arange(n_genres)[None, :] < k_genres[:, None]
+    rows = np.broadcast_to(np.arange(n_movies)[:, None], (n_movies, n_genres))
+    for _ in range(_GENRE_CALIBRATION_ROUNDS + 1):
+        ranked = np.argsort(-(offset[None, :] + near), axis=1, kind="stable")
+        genre_hot = np.zeros((n_movies, n_genres), dtype=bool)
+        genre_hot[rows[take], ranked[take]] = True
+        share = (genre_hot.sum(axis=0) + 0.5) / (genre_hot.sum() + 0.5 * n_genres)
+        offset = offset + np.log(target / share)
+    return genre_hot
+
+
 def _ratings_per_user(rng: np.random.Generator, n_users: int, total: int, min_n: int, cap: int) -> np.ndarray:
     """Per-user counts: ``min_n`` + a soft-capped lognormal excess, summing exactly to ``total``.
 
     The lognormal gives ML-1M's long tail; the soft cap keeps the heaviest user near
     60% of the catalogue (ML-1M: 2,314 of 3,706) instead of rating everything.
     """
-    x = np.exp(_USER_COUNT_SIGMA * rng.standard_normal(n_users))
+    # stratified normal quantiles, randomly assigned: the shape (median, heaviest user) is
+    # the same for every seed instead of hanging on the luck of a few extreme draws
+    quantile = NormalDist().inv_cdf
+    z = np.array([quantile((i + 0.5) / n_users) for i in range(n_users)])[rng.permutation(n_users)]
+    x = np.exp(_USER_COUNT_SIGMA * z)
 
     def expected(scale: float, soft: float) -> np.ndarray:
         y = scale * x
@@ -592,7 +624,7 @@ def _choose(cfg: SynthConfig, rng: np.random.Generator, counts: np.ndarray, log_
         keep = np.arange(kmax)[None, :] < k[:, None]
         users_out.append(np.broadcast_to(rows[:, None], top.shape)[keep])
         movies_out.append(top[keep])
-        report("choices", 0.2 + 0.4 * min(1.0, (start + chunk) / n_users))
+        report("choices", round(0.2 + 0.4 * min(1.0, (start + chunk) / n_users), 4))
     user_idx = np.concatenate(users_out)
     movie_idx = np.concatenate(movies_out)
     order = np.argsort(user_idx, kind="stable")

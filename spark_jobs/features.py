@@ -72,7 +72,7 @@ def build_movie_features(interactions, movies, cfg: Config):  # noqa: ANN001, AN
     # Only movies that survived filtering are recommendable; the rest keep attributes for display.
     in_catalog = interactions.select("movie_id").distinct().withColumn("in_catalog", F.lit(True))
     pdf = movies.join(stats, "movie_id", "left").join(in_catalog, "movie_id", "left").toPandas()
-    pdf["in_catalog"] = pdf["in_catalog"].fillna(False).astype(bool)
+    pdf["in_catalog"] = pdf["in_catalog"].eq(True)
     pdf["n_ratings"] = pdf["n_ratings"].fillna(0).astype("int32")
     for col in ("mean_rating", "std_rating", "bayes_rating", "popularity"):
         pdf[col] = pdf[col].astype("float64")

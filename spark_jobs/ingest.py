@@ -28,9 +28,25 @@ def _spark_schema(table: str):  # noqa: ANN202
     return from_arrow_schema(TABLES[table])
 
 
+def _numbered_lines(data: bytes):  # noqa: ANN202
+    """(line bytes, 0-based index) pairs of a whole file, as zipWithIndex would give them."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [(line, i) for i, line in enumerate(lines)]
+
+
 def ingest_table(spark, src: "ml.Source", on_bad_rows: str):  # noqa: ANN001, ANN201
     """Parse one source file into a DataFrame; returns (df, skipped_bad_rows)."""
-    lines = spark.sparkContext.textFile(str(src.path), use_unicode=False).zipWithIndex()
+    sc = spark.sparkContext
+    if src.encoding.replace("_", "-").lower() in ("latin-1", "latin1", "iso-8859-1"):
+        # Hadoop's TextInputFormat hands lines over as JVM Strings decoded as UTF-8, which
+        # turns latin-1 bytes into U+FFFD. The latin-1 layouts (ML-100K, ML-1M) are small
+        # fixed-size releases, so their bytes are read whole and split into lines here.
+        lines = (sc.binaryFiles(str(src.path)).flatMap(lambda kv: _numbered_lines(kv[1]))
+                 .repartition(max(1, sc.defaultParallelism)))
+    else:
+        lines = sc.textFile(str(src.path), use_unicode=False).zipWithIndex()
     parsed = lines.mapPartitions(lambda it, src=src: ml.parse_lines(src, it)).cache()
     bad = parsed.filter(lambda rec: rec[0] == "bad")
     n_bad = bad.count()
