@@ -79,7 +79,7 @@ class SynthConfig:
     unrated_fraction: float = _f(0.0456, "Share of listed movies nobody rated (ML-1M: 177 of 3,883).")
     popularity_exponent: float = _f(1.0, "Weight of log-popularity in a user's choice; higher = more skewed popularity.")
     taste_strength: float = _f(2.0, "Weight of the user's latent taste (and demographic genre effects) in choices.")
-    sequence_strength: float = _f(6.0, "How tightly the order of a user's ratings follows their drifting taste (higher = more sequential signal).")
+    sequence_strength: float = _f(6.0, "How tightly the order of a user's ratings follows their drifting taste (higher = more sequential signal; 0 = random order).")
     latent_dim: int = _f(16, "Dimension of the latent user/movie taste vectors.")
     session_gap_minutes: float = _f(2.0, "Mean gap between two ratings of one session.")
     sessions_per_user: float = _f(4.0, "Mean number of rating sessions per user.")

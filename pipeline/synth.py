@@ -85,6 +85,8 @@ _GENRES_PER_MOVIE = np.array([2025, 1322, 421, 100, 14, 1], dtype=np.float64)
 _RECENT_YEAR_WEIGHTS = np.array([156, 283, 337, 315, 345, 342, 257, 165, 102, 80, 70], dtype=np.float64)
 _RECENT_YEAR_SHARE = 0.65
 _OLD_YEAR_SCALE = 15.0
+#: Genres of an era: (share of their movies moved into it, first year, last year).
+_GENRE_ERAS: dict[str, tuple[float, int, int]] = {"Film-Noir": (1.0, 1940, 1958), "Western": (0.5, 1935, 1975)}
 
 #: ML-1M user marginals: age bucket counts, occupation counts (codes 0..20), share male.
 _AGE_COUNTS: dict[int, int] = {1: 222, 18: 1103, 25: 2096, 35: 1193, 45: 550, 50: 496, 56: 380}
@@ -118,6 +120,12 @@ _AGE_GENRE_SHIFT: dict[int, dict[str, float]] = {
 _OCC_GENRE_SD = 0.15   # per-occupation random genre shift
 _USER_GENRE_SD = 0.5   # individual genre preference spread
 
+#: Latent taste vectors: a genre part (shared genre embeddings) plus an individual part.
+_MOVIE_GENRE_TASTE = 0.8
+_MOVIE_OWN_TASTE = 0.7
+_USER_GENRE_TASTE = 1.0
+_USER_OWN_TASTE = 0.8
+
 #: Ratings per user: min + soft-capped lognormal excess (median ~96, max ~2,300 at ML-1M size).
 _USER_COUNT_SIGMA = 1.25
 _USER_SOFTCAP_SHARE = 0.9   # soft cap of the excess, as a share of the rated movies
@@ -126,7 +134,7 @@ _USER_SOFTCAP_SHARE = 0.9   # soft cap of the excess, as a share of the rated mo
 #: head times (1 - r + tail_eps) ** tail for the steep end of the long tail (ML-1M: 290 rated
 #: movies have fewer than 5 ratings).
 _POP_ALPHA = 0.8
-_POP_OFFSET = 0.003
+_POP_OFFSET = 0.002
 _POP_TAIL = 1.5
 _POP_TAIL_EPS = 0.008
 _POP_RECENCY = 0.25   # recent movies rank a little higher (per decade, in sd units of the rank key)
@@ -139,18 +147,21 @@ _ARC_MIN = 1.2             # narrowest arc (radians)
 _ARC_BASE = 1.6            # typical arc (radians) before the per-user activity share widens it
 _ARC_SHARE_WIDEN = 8.0     # arc += this * (user's movies / rated movies) * 2*pi, capped at 2*pi
 _ARC_CENTER_SD = 0.7       # noise of the arc's centre around the user's genre direction
+_CENTRE_PREF_WEIGHT = 2.0  # how sharply the centre follows the user's top genres
+_ARC_SPREAD = 0.3          # log-normal spread of arc lengths between users
 _FORWARD_SHARE = 0.8       # users who travel the circle counter-clockwise (the rest clockwise)
 _ORDER_NOISE = 1.2         # position noise (radians) at sequence_strength=1; divided by the knob
 _ARC_MARGIN = 0.4          # movies this far outside the arc still take an arc position
+_DONOR_MIN_RATINGS = 3     # a movie gives a rating to a never-chosen one only if it keeps >= 2
 
 #: Rating score components (standard deviations, in latent units).
 _USER_BIAS_SD = 0.45
 _MOVIE_QUALITY_SD = 0.5
 _QUALITY_POPULARITY = 0.25   # popular movies are rated higher (as on ML-1M)
-_RATING_TASTE_SD = 0.35
+_RATING_TASTE_SD = 0.5
 _RATING_GENRE = 0.3
 _RATING_ARC = 0.15
-_RATING_NOISE_SD = 0.8
+_RATING_NOISE_SD = 0.75
 _AGE_RATING_SHIFT: dict[int, float] = {1: 0.0, 18: -0.05, 25: 0.0, 35: 0.07, 45: 0.09, 50: 0.15, 56: 0.2}
 _GENRE_RATING_SHIFT: dict[str, float] = {
     "Film-Noir": 0.5, "Documentary": 0.4, "War": 0.35, "Drama": 0.2, "Animation": 0.1, "Mystery": 0.1,
@@ -258,7 +269,8 @@ def generate(cfg: SynthConfig, out_dir: Path, progress: Progress | None = None, 
     dataset and a failure leaves nothing behind. An existing non-empty ``out_dir`` is
     refused unless ``overwrite`` is true (then it is replaced).
 
-    ``progress(stage, fraction)`` is called as stages finish (fraction in 0..1).
+    ``progress(stage, fraction)`` is called as each stage starts (fraction of the work
+    done so far, 0..1, ending with ("done", 1.0)).
     Raises ``ValueError`` naming the knob when the configuration is impossible.
     """
     started = time.perf_counter()
@@ -342,7 +354,8 @@ def _validate(cfg: SynthConfig) -> _Plan:
         raise ValueError(f"synth.end_date ({cfg.end_date}) must be after synth.start_date ({cfg.start_date})")
     n_rated = cfg.movies - int(round(cfg.unrated_fraction * cfg.movies))
     if n_rated < 1:
-        raise ValueError(f"synth.unrated_fraction={cfg.unrated_fraction} leaves no rated movie of synth.movies={cfg.movies}")
+        raise ValueError(f"synth.unrated_fraction={cfg.unrated_fraction} leaves no rated movie "
+                         f"of synth.movies={cfg.movies}")
     if n_rated < cfg.min_user_ratings:
         raise ValueError(f"synth.min_user_ratings={cfg.min_user_ratings} exceeds the {n_rated} rated movies "
                          f"(synth.movies={cfg.movies}, synth.unrated_fraction={cfg.unrated_fraction})")
@@ -419,19 +432,20 @@ def _simulate(cfg: SynthConfig, plan: _Plan, report: Progress) -> _Data:
     theta = rng_movies.uniform(-np.pi, np.pi, n_movies)
     genre_angle = np.array([2 * np.pi * _GENRE_CIRCLE.index(g) / n_genres for g in SYNTH_GENRES])
     freq = np.array([_GENRE_FREQ[g] for g in SYNTH_GENRES], dtype=np.float64)
-    k_genres = rng_movies.choice(len(_GENRES_PER_MOVIE), size=n_movies, p=_GENRES_PER_MOVIE / _GENRES_PER_MOVIE.sum()) + 1
+    k_genres = 1 + rng_movies.choice(len(_GENRES_PER_MOVIE), size=n_movies,
+                                     p=_GENRES_PER_MOVIE / _GENRES_PER_MOVIE.sum())
     genre_hot = _draw_genres(theta, genre_angle, freq, k_genres, rng_movies.gumbel(size=(n_movies, n_genres)))
     gi = {g: i for i, g in enumerate(SYNTH_GENRES)}
 
     # release years: mostly the 1990s (median ~1994), a long tail back to 1919
     recent = rng_movies.random(n_movies) < _RECENT_YEAR_SHARE
-    back_recent = rng_movies.choice(len(_RECENT_YEAR_WEIGHTS), size=n_movies, p=_RECENT_YEAR_WEIGHTS / _RECENT_YEAR_WEIGHTS.sum())
+    back_recent = rng_movies.choice(len(_RECENT_YEAR_WEIGHTS), size=n_movies,
+                                    p=_RECENT_YEAR_WEIGHTS / _RECENT_YEAR_WEIGHTS.sum())
     back_old = len(_RECENT_YEAR_WEIGHTS) + np.floor(rng_movies.exponential(_OLD_YEAR_SCALE, n_movies))
     years = np.clip(2000 - np.where(recent, back_recent, back_old), 1919, 2000).astype(np.int64)
-    noir = genre_hot[:, gi["Film-Noir"]]
-    years[noir] = rng_movies.integers(1940, 1959, int(noir.sum()))
-    west = genre_hot[:, gi["Western"]] & (rng_movies.random(n_movies) < 0.5)
-    years[west] = rng_movies.integers(1935, 1976, int(west.sum()))
+    for genre, (share, first, last) in _GENRE_ERAS.items():
+        era = genre_hot[:, gi[genre]] & (rng_movies.random(n_movies) < share)
+        years[era] = rng_movies.integers(first, last + 1, int(era.sum()))
     titles = _titles(rng_titles, genre_hot, years)  # sequels copy genres and follow their original
 
     # which movies nobody rates, and a power-law popularity over the rest
@@ -442,13 +456,15 @@ def _simulate(cfg: SynthConfig, plan: _Plan, report: Progress) -> _Data:
     pop_rank = np.empty(n_movies, dtype=np.float64)
     pop_rank[np.argsort(-rank_key, kind="stable")] = np.arange(n_movies)
     rel_rank = pop_rank / plan.n_rated
-    log_pop = -_POP_ALPHA * np.log(rel_rank + _POP_OFFSET) + _POP_TAIL * np.log(np.clip(1 - rel_rank, 0, 1) + _POP_TAIL_EPS)
+    log_pop = (-_POP_ALPHA * np.log(rel_rank + _POP_OFFSET)
+               + _POP_TAIL * np.log(np.clip(1 - rel_rank, 0, 1) + _POP_TAIL_EPS))
     log_pop -= log_pop[rated].max()
 
     # latent vectors: genre embeddings shared by movies and users
     genre_emb = rng_movies.standard_normal((n_genres, d))
     genre_norm = genre_hot / genre_hot.sum(axis=1, keepdims=True)
-    movie_vec = 0.8 * (genre_norm @ genre_emb) + 0.7 * rng_movies.standard_normal((n_movies, d))
+    movie_vec = (_MOVIE_GENRE_TASTE * (genre_norm @ genre_emb)
+                 + _MOVIE_OWN_TASTE * rng_movies.standard_normal((n_movies, d)))
     pop_z = (log_pop - log_pop[rated].mean()) / (log_pop[rated].std() + 1e-9)
     genre_shift = np.array([_GENRE_RATING_SHIFT.get(g, 0.0) for g in SYNTH_GENRES])
     quality = (_MOVIE_QUALITY_SD * rng_movies.standard_normal(n_movies) + _QUALITY_POPULARITY * pop_z
@@ -478,16 +494,17 @@ def _simulate(cfg: SynthConfig, plan: _Plan, report: Progress) -> _Data:
         pref[age == code] += np.array([shifts.get(g, 0.0) for g in SYNTH_GENRES])
     for sex, shifts in _GENDER_GENRE_SHIFT.items():
         pref[gender == sex] += np.array([shifts.get(g, 0.0) for g in SYNTH_GENRES])
-    user_vec = 0.5 * (pref @ genre_emb) / np.sqrt(n_genres) * 2 + 0.8 * rng_users.standard_normal((n_users, d))
+    user_vec = (_USER_GENRE_TASTE * (pref @ genre_emb) / np.sqrt(n_genres)
+                + _USER_OWN_TASTE * rng_users.standard_normal((n_users, d)))
     # the arc's centre points at the user's favourite part of the circle
-    weights = np.exp(2.0 * pref) * freq[None, :]
+    weights = np.exp(_CENTRE_PREF_WEIGHT * pref) * freq[None, :]
     centre = np.angle(weights @ np.exp(1j * genre_angle)) + _ARC_CENTER_SD * rng_users.standard_normal(n_users)
     direction = np.where(rng_users.random(n_users) < _FORWARD_SHARE, 1.0, -1.0)
     user_bias = _USER_BIAS_SD * rng_users.standard_normal(n_users) + np.array([_AGE_RATING_SHIFT[a] for a in age])
 
     # ---- how many ratings each user gives
     counts = _ratings_per_user(rng_counts, n_users, cfg.ratings, cfg.min_user_ratings, plan.n_rated)
-    arc = np.minimum(_ARC_BASE * np.exp(0.3 * rng_users.standard_normal(n_users))
+    arc = np.minimum(_ARC_BASE * np.exp(_ARC_SPREAD * rng_users.standard_normal(n_users))
                      + _ARC_SHARE_WIDEN * counts / plan.n_rated * 2 * np.pi, 2 * np.pi)
     arc = np.maximum(arc, _ARC_MIN)
 
@@ -502,13 +519,14 @@ def _simulate(cfg: SynthConfig, plan: _Plan, report: Progress) -> _Data:
     offset = _wrap(theta[movie_idx] - centre[user_idx]) * direction[user_idx]
     half = arc[user_idx] / 2
     on_arc = np.abs(offset) <= half + _ARC_MARGIN
-    position = np.where(on_arc, offset / arc[user_idx] + 0.5, rng_order.random(len(movie_idx)))
     if cfg.sequence_strength > 0:
+        # on-arc movies at their arc position, the few picks far off the arc anywhere
+        position = np.where(on_arc, offset / arc[user_idx] + 0.5, rng_order.random(len(movie_idx)))
         position += rng_order.standard_normal(len(movie_idx)) * (_ORDER_NOISE / cfg.sequence_strength) / arc[user_idx]
     else:
-        position = rng_order.random(len(movie_idx))
+        position = rng_order.random(len(movie_idx))  # no sequential signal at all
     order = np.lexsort((position, user_idx))
-    user_idx, movie_idx, on_arc = user_idx[order], movie_idx[order], on_arc[order]
+    user_idx, movie_idx = user_idx[order], movie_idx[order]
     outside = np.maximum(np.abs(offset[order]) - half[order], 0.0)
 
     # ---- ratings: bias + quality + taste match + noise, mapped onto ML-1M's histogram
@@ -635,8 +653,9 @@ def _cover_rated(rng: np.random.Generator, user_idx: np.ndarray, movie_idx: np.n
                  n_movies: int) -> np.ndarray:
     """Give every movie meant to be rated at least one rating (ML-1M rates exactly 3,706).
 
-    A movie the draw left unrated takes over one rating of a very popular movie from a
-    random user who has not rated it; a handful of swaps, so a short loop.
+    A movie the draw left unrated takes over a random rating row (so usually one of a
+    popular movie, which must keep at least two ratings) of a user who has not rated
+    it; a handful of swaps at ML-1M's shape, so a short loop.
     """
     movie_idx = movie_idx.copy()
     per_movie = np.bincount(movie_idx, minlength=n_movies)
@@ -644,14 +663,13 @@ def _cover_rated(rng: np.random.Generator, user_idx: np.ndarray, movie_idx: np.n
     if len(missing) == 0:
         return movie_idx
     starts = np.searchsorted(user_idx, np.arange(user_idx.max() + 2))
+    attempts = 50 * len(missing)  # bounded: with too few ratings to go round, some stay unrated
     for m in missing:
-        for _ in range(100):
+        while attempts > 0:
+            attempts -= 1
             row = int(rng.integers(len(movie_idx)))
-            donor = movie_idx[row]
-            if per_movie[donor] < 3:
-                continue
-            u = user_idx[row]
-            if np.any(movie_idx[starts[u]:starts[u + 1]] == m):
+            donor, u = movie_idx[row], user_idx[row]
+            if per_movie[donor] < _DONOR_MIN_RATINGS or np.any(movie_idx[starts[u]:starts[u + 1]] == m):
                 continue
             movie_idx[row] = m
             per_movie[donor] -= 1
@@ -696,8 +714,10 @@ def _timestamps(cfg: SynthConfig, plan: _Plan, rng: np.random.Generator, counts:
 
     gap_s = cfg.session_gap_minutes * 60.0
     within = np.where(pos == 0, 0.0, 1.0 + rng.exponential(max(gap_s - 1.0, 1e-9), total))
-    between = np.where(session_start,
-                       86_400 * _SESSION_GAP_MEDIAN_DAYS * np.exp(_SESSION_GAP_SIGMA * rng.standard_normal(total)), 0.0)
+    between = np.zeros(total)
+    starts_at = np.flatnonzero(session_start)
+    between[starts_at] = (86_400 * _SESSION_GAP_MEDIAN_DAYS
+                          * np.exp(_SESSION_GAP_SIGMA * rng.standard_normal(len(starts_at))))
     within[session_start] = 0.0
     cum_w = np.cumsum(within)
     cum_g = np.cumsum(between)
