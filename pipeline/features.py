@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 from pipeline.schemas import GENRES
 
 SECONDS_PER_DAY = 86_400.0
-_TOKEN_RE = re.compile(r"[a-z0-9]+")
+_TOKEN_RE = re.compile(r"[^\W_]+")  # Unicode letters and digits: "Misérables" stays one token
 _YEAR_SUFFIX_RE = re.compile(r"\s*\((\d{4})(?:[-–]\d{0,4})?\)\s*$")
 _ARTICLE_SUFFIX_RE = re.compile(r",\s*(the|a|an|les|la|le|il|el|der|die|das|l')$", re.IGNORECASE)
 

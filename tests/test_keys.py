@@ -1,0 +1,41 @@
+"""The key layout: names, versions in names, value codecs."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import keys as K
+
+
+def test_names_carry_prefix_layout_and_batch_version() -> None:
+    k = K.Keys("rs")
+    assert k.current() == "rs:v1:current"
+    assert k.user("v9.1", 42) == "rs:v1:b:v9.1:user:42"
+    assert k.user_list("v9.1", "als", 7) == "rs:v1:b:v9.1:ulist:als:7"
+    assert k.item_list("v9.1", "next", 3) == "rs:v1:b:v9.1:ilist:next:3"
+    assert k.global_list("v9.1", K.list_popular("Sci-Fi")) == "rs:v1:b:v9.1:glist:popular:genre:Sci-Fi"
+    assert k.online_history(5) == "rs:v1:online:hist:5"
+    assert all(name.startswith(k.version_prefix("v9.1")) for name in
+               (k.manifest("v9.1"), k.movie("v9.1", 1), k.user_seen("v9.1", 1), k.movie_ids("v9.1")))
+
+
+def test_bad_names_refused() -> None:
+    with pytest.raises(ValueError, match="unknown list name"):
+        K.Keys().user_list("v", "magic", 1)
+    with pytest.raises(ValueError, match="invalid key prefix"):
+        K.Keys("a:b")
+
+
+def test_codecs_round_trip() -> None:
+    assert K.decode_scored(K.encode_scored([(3, 0.123456789), (1, 2.0)])) == [(3, 0.12346), (1, 2.0)]
+    assert K.decode_history(K.encode_history([(1, 4.5, 978300760)])) == [(1, 4.5, 978300760)]
+    assert K.decode_ids(K.encode_ids([5, 3, 5, 100000])) == {3, 5, 100000}
+    assert len(K.encode_ids(range(10))) == 40
+    assert K.decode_fields(K.encode_fields({"a": [1, "x"], "b": None})) == {"a": [1, "x"], "b": None}
+    assert K.decode_scored(None) == [] and K.decode_history(b"") == [] and K.decode_ids(None) == set()
+
+
+def test_demographic_list_names() -> None:
+    assert K.list_demographic(25, "F") == "popular:demo:25:F"
+    assert K.list_demographic(None, "M") == "popular:demo:any:M"
+    assert K.list_demographic(18, None) == "popular:demo:18:any"
