@@ -161,9 +161,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report = ev.evaluate_recall(cfg, client, k=args.k, max_users=args.max_users,
                                     on_progress=lambda i, n: progress.update(task, completed=i, total=n))
         client.close()
-    rows = [[r.model, r.protocol, ", ".join(f"{k}={v}" for k, v in r.metrics.items()), r.seconds, r.notes] for r in report.rows]
-    _print_table(f"evaluation of batch {report.info['batch_version']} ({report.info['users']} users)",
-                 ["model", "protocol", "metrics", "seconds", "notes"], rows)
+    metric_names = list(dict.fromkeys(k for r in report.rows for k in r.metrics))
+    rows = [[r.model, r.protocol, *[r.metrics.get(m, "") for m in metric_names], r.seconds] for r in report.rows]
+    _print_table(f"evaluation of batch {report.info['batch_version']} ({report.info['users']} users, "
+                 f"merged candidates {report.info['merged_size']})", ["model", "protocol", *metric_names, "seconds"], rows)
     if args.json:
         ev.write_json(report, Path(args.json))
         console.print(f"wrote {args.json}")

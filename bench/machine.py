@@ -1,0 +1,30 @@
+"""A description of the machine a benchmark ran on (goes into every result file)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+
+def describe() -> dict[str, object]:
+    mem_gib = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        java = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=20).stderr.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        java = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib, "os": platform.platform(),
+            "python": platform.python_version(), "java": java}
