@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default="var")
     parser.add_argument("--top-n", type=int, default=200)
+    parser.add_argument("--grid", help='JSON list of parameter sets, e.g. \'[{"als_rank": 32, "als_reg": 0.5}]\'')
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
     console = Console()
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     grid += [dict(als_implicit=True, als_rank=64, als_reg=0.5, als_alpha=20.0)]
     grid += [dict(als_implicit=True, als_rank=64, als_reg=0.05, als_alpha=a) for a in (5.0, 60.0)]
     grid += [dict(als_implicit=False, als_rank=64, als_reg=0.1, als_alpha=1.0)]
+    if args.grid:
+        grid = json.loads(args.grid)
     rows = []
     for params in grid:
         c = cfg.replace("recall", **params)

@@ -45,12 +45,14 @@ def _progress() -> Progress:
 
 
 def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """Print a table; when stdout is a file or pipe (CI logs), wide enough not to truncate names."""
+    console = out if out.is_terminal else Console(width=160)
     table = Table(title=title)
     for c in columns:
         table.add_column(c)
     for r in rows:
         table.add_row(*[str(x) for x in r])
-    out.print(table)
+    console.print(table)
 
 
 # --- data -----------------------------------------------------------------------------
