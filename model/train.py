@@ -145,6 +145,8 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
         ranker = build_ranker(vocab_sizes(vocab), blocks)
         trainer = RankerTrainer(ranker, score_weight=cfg.model.score_weight, rating_weight=cfg.model.rating_weight)
         trainer.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.model.learning_rate))
+        for inputs, _ in val_ds.take(1):  # build before fit: BackupAndRestore needs built weights to restore into
+            trainer(inputs)
 
     history_rows: list[dict[str, float]] = []
 
@@ -167,7 +169,7 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
     seconds = time.perf_counter() - t0
     best = min(history_rows, key=lambda r: r.get("val_loss", np.inf)) if history_rows else {}
 
-    tmp_model = paths.root / ".ranker.keras.tmp"
+    tmp_model = paths.root / ".ranker.tmp.keras"
     ranker.save(tmp_model)
     os.replace(tmp_model, paths.model)
     atomic_write_text(paths.vocab, json.dumps(vocab.to_json()))

@@ -1,0 +1,162 @@
+"""`recsys export`: a trained ranker -> a TensorFlow Serving model directory.
+
+Layout (what TF Serving's file-system poller watches)::
+
+    <home>/models/ranker/<version>/saved_model.pb, variables/, assets/*.txt,
+                                   assets.extra/tf_serving_warmup_requests
+
+``<version>`` is an increasing integer. The directory is written under a temp name
+and renamed into place, so a poller never loads half an export. The graph maps raw
+values to indices with lookup tables initialised from the vocabulary files in
+``assets/`` (unknown -> 0), scales statistics, derives the user's genre profile from
+the history (or takes declared interest genres when there is none), and calls the
+Keras ranker; see ``model.signature`` for the inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.data import USER_COUNT_SCALE
+from model.signature import SERVING_INPUTS, SIGNATURE_NAME, MovieInputs, UserInput, build_request
+from pipeline.home import Home
+
+MODEL_NAME = "ranker"
+
+
+def model_base(home: Home, name: str = MODEL_NAME) -> Path:
+    return home.models / name
+
+
+def next_version(base: Path) -> int:
+    versions = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.exists() else []
+    return max(versions, default=0) + 1
+
+
+def _write_vocab_files(vocab: Any, folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, enc in (("movie_id", vocab.movie), ("user_id", vocab.user), ("age_bucket", vocab.age),
+                      ("gender", vocab.gender), ("occupation", vocab.occupation), ("decade", vocab.decade),
+                      ("title_token", vocab.title_token), ("genre", vocab.genre)):
+        path = folder / f"{name}.txt"
+        path.write_text("".join(f"{v}\n" for v in enc.values), encoding="utf-8")
+        files[name] = path
+    return files
+
+
+def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Path]) -> Any:
+    """A tf.Module whose ``serve`` function is the serving signature."""
+    import tensorflow as tf
+
+    H, T, G = vocab.history_len, vocab.title_len, vocab.genre.size
+    int_keys = {"movie_id", "user_id", "age_bucket", "decade"}
+
+    class ServingModule(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ranker = ranker
+            self.vocab_assets = {n: tf.saved_model.Asset(str(p)) for n, p in vocab_files.items() if n != "genre"}
+            self.genre_asset = tf.saved_model.Asset(str(vocab_files["genre"]))  # documents the genre order
+            self.tables = {
+                n: tf.lookup.StaticHashTable(
+                    tf.lookup.TextFileInitializer(a, tf.int64 if n in int_keys else tf.string,
+                                                  tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
+                                                  tf.lookup.TextFileIndex.LINE_NUMBER), default_value=-1)
+                for n, a in self.vocab_assets.items()}
+            self.movie_genres_by_idx = tf.constant(table.genres)
+
+        def _idx(self, name: str, values: Any) -> Any:
+            return tf.cast(self.tables[name].lookup(values) + 1, tf.int32)
+
+        specs = [tf.TensorSpec([None] + [{"H": H, "T": T, "G": G, "3": 3}.get(d) for d in shape[1:]],
+                               tf.string if dtype == "string" else getattr(tf, dtype), name=name)
+                 for name, (dtype, shape) in SERVING_INPUTS.items()]
+
+        @tf.function(input_signature=specs)
+        def serve(self, user_id, age_bucket, gender, occupation, user_n_ratings, user_mean_rating,  # noqa: ANN001
+                  hist_movie_ids, hist_ratings, interest_genres, movie_ids, movie_genres, movie_year,
+                  movie_title_tokens, movie_stats):  # noqa: ANN202
+            hist_idx = self._idx("movie_id", hist_movie_ids)
+            valid = tf.cast(hist_idx > 0, tf.float32)[..., None]
+            g = tf.gather(self.movie_genres_by_idx, hist_idx)
+            from_history = tf.reduce_sum(g * valid, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
+            has_history = tf.reduce_any(hist_idx > 0, axis=1, keepdims=True)
+            decade = tf.where(movie_year > 0, (movie_year // 10) * 10, tf.zeros_like(movie_year) - 1)
+            inputs = {
+                "user_idx": self._idx("user_id", user_id),
+                "age_idx": self._idx("age_bucket", age_bucket),
+                "gender_idx": self._idx("gender", gender),
+                "occupation_idx": self._idx("occupation", occupation),
+                "user_stats": tf.stack([tf.math.log1p(user_n_ratings) / USER_COUNT_SCALE, user_mean_rating / 5.0], axis=1),
+                "hist_movie_idx": hist_idx,
+                "hist_rating": hist_ratings / 5.0,
+                "interest_genres": tf.where(has_history, from_history, interest_genres),
+                "cand_movie_idx": self._idx("movie_id", movie_ids),
+                "cand_genres": movie_genres,
+                "cand_decade_idx": self._idx("decade", decade),
+                "cand_title_idx": self._idx("title_token", movie_title_tokens),
+                "cand_stats": movie_stats / tf.constant([10.0, 5.0, 5.0]),
+            }
+            out = self.ranker(inputs, training=False)
+            return {k: tf.cast(out[k], tf.float32) for k in ("score", "rating", "attention")}
+
+    return ServingModule()
+
+
+def warmup_request(vocab: Any, table: Any) -> dict[str, np.ndarray]:
+    """A realistic request (one known user, 100 candidates) for TF Serving's warm-up."""
+    movies = list(vocab.movie.values[:100])
+    user = UserInput(user_id=int(vocab.user.values[0]) if vocab.user.values else 0,
+                     history=[(m, 4.0) for m in movies[:vocab.history_len]])
+    cand = MovieInputs(movie_ids=movies, genres=[[] for _ in movies], years=[1995] * len(movies),
+                       title_tokens=[[] for _ in movies], popularity=[5.0] * len(movies),
+                       mean_rating=[3.5] * len(movies), bayes_rating=[3.5] * len(movies))
+    return build_request(user, cand, vocab.history_len, vocab.title_len)
+
+
+def write_warmup(path: Path, request: dict[str, np.ndarray], model_name: str) -> None:
+    """assets.extra/tf_serving_warmup_requests: PredictionLog records in a TFRecord file."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SIGNATURE_NAME))
+    for name, (dtype, _) in SERVING_INPUTS.items():
+        value = request[name]
+        req.inputs[name].CopyFrom(tf.make_tensor_proto(value.astype(bytes) if dtype == "string" else value))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
+
+
+def export(home: Home, run_dir: Path, model_name: str = MODEL_NAME) -> Path:
+    """Export the run's ranker as the next version under ``<home>/models/<model_name>/``."""
+    import tensorflow as tf
+
+    from model.train import load_run
+
+    ranker, vocab, table, summary = load_run(run_dir)
+    base = model_base(home, model_name)
+    base.mkdir(parents=True, exist_ok=True)
+    version = next_version(base)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base))
+    try:
+        vocab_dir = Path(tempfile.mkdtemp(prefix=".vocab-", dir=base))
+        files = _write_vocab_files(vocab, vocab_dir)
+        module = build_module(ranker, vocab, table, files)
+        tf.saved_model.save(module, str(staging), signatures={SIGNATURE_NAME: module.serve})
+        write_warmup(staging / "assets.extra" / "tf_serving_warmup_requests", warmup_request(vocab, table), model_name)
+        (staging / "assets.extra" / "run.txt").write_text(f"{summary['run']}\n{summary['batch_version']}\n")
+        final = base / str(version)
+        os.rename(staging, final)
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(vocab_dir, ignore_errors=True)

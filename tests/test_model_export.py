@@ -1,0 +1,102 @@
+"""Train a tiny ranker on a real P1 build, export it, and check the export against its
+documented signature and against the Keras model it came from (real TensorFlow)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.signature import SERVING_INPUTS, SERVING_OUTPUTS
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.spark, pytest.mark.tf]
+
+
+def _readme_table(header: str) -> dict[str, tuple[str, str]]:
+    text = (ROOT / "model" / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(rf"^\| `(\w+)` \| (\w+) \| (\[[^\]]*\]) \|", text.split(header, 1)[1], flags=re.M)
+    return {name: (dtype, shape) for name, dtype, shape in rows}
+
+
+def test_readme_documents_the_signature() -> None:
+    documented = _readme_table("| input |")
+    assert set(documented) >= set(SERVING_INPUTS)
+    for name, (dtype, shape) in SERVING_INPUTS.items():
+        assert documented[name] == (dtype, "[" + ", ".join(shape) + "]"), name
+    outputs = _readme_table("| output |")
+    for name, (dtype, shape) in SERVING_OUTPUTS.items():
+        assert outputs[name] == (dtype, "[" + ", ".join(shape) + "]"), name
+
+
+@pytest.fixture(scope="module")
+def trained(p1_batch: dict) -> dict:
+    from model.train import latest_run, train
+
+    cfg = p1_batch["cfg"].replace("model", epochs=2, batch_size=256, embedding_dim=16, hidden=32)
+    summary = train(cfg, verbose=0)
+    from pipeline.home import Home
+
+    return {"cfg": cfg, "summary": summary, "run": latest_run(Home(cfg.home))}
+
+
+def test_training_summary(trained: dict) -> None:
+    s = trained["summary"]
+    assert s["split"] == "p1" and s["epochs_run"] == 2
+    assert s["train_examples"] > s["val_examples"] > 0
+    assert np.isfinite(s["best_epoch"]["val_loss"])
+    assert (trained["run"] / "ranker.keras").exists() and (trained["run"] / "tensorboard").exists()
+    assert not (trained["run"] / "backup").exists()  # a finished run leaves no resume state
+
+
+def test_export_matches_signature_and_keras_model(trained: dict) -> None:
+    import tensorflow as tf
+
+    from model.data import user_context, load_users, candidate_features, interest_from_history
+    from model.export import export, warmup_request
+    from model.signature import as_tensors
+    from model.train import load_run
+    from pipeline.home import Home
+
+    home = Home(trained["cfg"].home)
+    first = export(home, trained["run"])
+    second = export(home, trained["run"])
+    assert (first.name, second.name) == ("1", "2")  # integer versions, increasing
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+    assert (first / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
+    assert (first / "assets" / "movie_id.txt").exists()
+
+    loaded = tf.saved_model.load(str(first))
+    fn = loaded.signatures["serving_default"]
+    inputs = fn.structured_input_signature[1]
+    assert set(inputs) == set(SERVING_INPUTS)
+    for name, (dtype, shape) in SERVING_INPUTS.items():
+        assert inputs[name].dtype.name == dtype and len(inputs[name].shape) == len(shape), name
+    assert set(fn.structured_outputs) == set(SERVING_OUTPUTS)
+
+    ranker, vocab, table, _ = load_run(trained["run"])
+    request = warmup_request(vocab, table)
+    served = fn(**as_tensors(request))
+    # The same request encoded by the training-side functions and fed to the Keras model.
+    import pandas as pd
+
+    demo = load_users(pd.DataFrame({"user_id": [int(request["user_id"][0])], "gender": [None], "age_bucket": [None],
+                                    "occupation": [None]}), vocab)
+    hist = [[int(m) for m in request["hist_movie_ids"][0] if m]]
+    user = user_context(request["user_id"], demo, vocab, hist, [[4.0] * len(hist[0])],
+                        np.array([len(hist[0])]), np.array([4.0]))
+    cand = vocab.movie.encode(request["movie_ids"])
+    keras_inputs = {**user, **{k: np.asarray(v) for k, v in candidate_features(table, cand).items()}}
+    keras_inputs["interest_genres"] = np.asarray(interest_from_history(table, user["hist_movie_idx"]))
+    # The warm-up request carries its own raw movie features; use them for the candidate side.
+    keras_inputs["cand_genres"] = request["movie_genres"]
+    keras_inputs["cand_stats"] = request["movie_stats"] / np.array([10.0, 5.0, 5.0], np.float32)
+    keras_inputs["cand_title_idx"] = np.zeros_like(keras_inputs["cand_title_idx"])
+    keras_inputs["cand_decade_idx"] = vocab.decade.encode(np.full(cand.shape, 1990))
+    direct = ranker(keras_inputs, training=False)
+    for name in ("score", "rating", "attention"):
+        np.testing.assert_allclose(served[name].numpy(), np.asarray(direct[name]), rtol=1e-4, atol=1e-5)
+    assert served["score"].shape == (1, 100)
+    assert float(tf.reduce_min(served["rating"])) >= 0 and float(tf.reduce_max(served["rating"])) <= 5
