@@ -104,8 +104,31 @@ def interest_from_history(table: MovieTable, hist_movie_idx: Any) -> Any:
     return tf.reduce_sum(g * valid, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
 
 
-def dataset(arrays: ExampleArrays, table: MovieTable, batch_size: int, shuffle: bool, seed: int):  # noqa: ANN201
-    """A tf.data pipeline of (inputs, labels) batches."""
+def simulate_cold_start(inputs: dict[str, Any], cold_movie_rate: float, cold_user_rate: float, seed: int) -> dict[str, Any]:
+    """Hide ids (and what only a known id brings) for a random share of candidates and users.
+
+    A new movie has no id embedding and no rating statistics, only genres, year and
+    title; a new user has no id, history or statistics, only demographics and declared
+    interest genres. Training on such rows teaches the model to score both sensibly.
+    """
+    import tensorflow as tf
+
+    out = dict(inputs)
+    shape = tf.shape(inputs["cand_movie_idx"])
+    cold_movie = tf.random.stateless_uniform(shape, seed=[seed, 1]) < cold_movie_rate
+    out["cand_movie_idx"] = tf.where(cold_movie, tf.zeros_like(inputs["cand_movie_idx"]), inputs["cand_movie_idx"])
+    out["cand_stats"] = tf.where(cold_movie[..., None], tf.zeros_like(inputs["cand_stats"]), inputs["cand_stats"])
+    cold_user = tf.random.stateless_uniform(shape[:1], seed=[seed, 2]) < cold_user_rate
+    for name in ("user_idx", "hist_movie_idx", "hist_rating", "user_stats"):
+        value = inputs[name]
+        mask = tf.reshape(cold_user, [-1] + [1] * (len(value.shape) - 1))
+        out[name] = tf.where(mask, tf.zeros_like(value), value)
+    return out
+
+
+def dataset(arrays: ExampleArrays, table: MovieTable, batch_size: int, shuffle: bool, seed: int,
+            cold_movie_rate: float = 0.0, cold_user_rate: float = 0.0):  # noqa: ANN201
+    """A tf.data pipeline of (inputs, labels) batches (cold-start simulation only when rates > 0)."""
     import tensorflow as tf
 
     tensors = {**arrays.user, "cand_raw_idx": arrays.cand_movie_idx, "y_score": arrays.score,
@@ -115,13 +138,16 @@ def dataset(arrays: ExampleArrays, table: MovieTable, batch_size: int, shuffle: 
         ds = ds.shuffle(min(len(arrays), 200_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
 
-    def to_inputs(b):  # noqa: ANN001, ANN202
+    def to_inputs(step, b):  # noqa: ANN001, ANN202
         inputs = {k: b[k] for k in arrays.user}
         inputs.update(candidate_features(table, b["cand_raw_idx"]))
         inputs["interest_genres"] = interest_from_history(table, b["hist_movie_idx"])
+        if cold_movie_rate > 0 or cold_user_rate > 0:
+            inputs = simulate_cold_start(inputs, cold_movie_rate, cold_user_rate, seed + tf.cast(step, tf.int32))
         labels = {"score": b["y_score"], "rating": b["y_rating"], "rating_mask": b["y_rating_mask"]}
         return inputs, labels
 
+    ds = ds.enumerate()
     return ds.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 

@@ -138,7 +138,8 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
     val_arrays = example_arrays(val_df, users, vocab)
     strategy, device = _strategy()
     batch = cfg.model.batch_size * max(1, strategy.num_replicas_in_sync)
-    train_ds = dataset(train_arrays, table, batch, shuffle=True, seed=cfg.model.seed)
+    train_ds = dataset(train_arrays, table, batch, shuffle=True, seed=cfg.model.seed,
+                       cold_movie_rate=cfg.model.cold_movie_rate, cold_user_rate=cfg.model.cold_user_rate)
     val_ds = dataset(val_arrays, table, batch, shuffle=False, seed=cfg.model.seed)
 
     with strategy.scope():
@@ -184,7 +185,8 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
         "epochs_run": len(history_rows), "train_seconds": round(seconds, 1),
         "best_epoch": {k: round(v, 5) for k, v in best.items()}, "history": history_rows,
         "config": {k: getattr(cfg.model, k) for k in ("batch_size", "learning_rate", "epochs", "patience", "seed",
-                                                      "score_weight", "rating_weight", "max_train_examples")},
+                                                      "score_weight", "rating_weight", "max_train_examples",
+                                                      "cold_movie_rate", "cold_user_rate")},
     }
     atomic_write_text(paths.summary, json.dumps(summary, indent=2))
     atomic_write_text(runs_dir(home) / "LATEST", run_name + "\n")

@@ -26,8 +26,8 @@ from rich.table import Table
 from pipeline.config import Config, ConfigError, as_dict, load_config, sample_toml
 from pipeline.home import Home
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 class UsageError(Exception):
@@ -49,7 +49,7 @@ def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     console = out if out.is_terminal else Console(width=160)
     table = Table(title=title)
     for c in columns:
-        table.add_column(c)
+        table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(*[str(x) for x in r])
     console.print(table)
@@ -149,27 +149,128 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 # --- evaluate -------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline import evaluate as ev
+
+    cfg = _config(args, {"data": {"split": "p1"}})
+    report = _evaluate_recall(cfg, args) if args.stage == "recall" else _evaluate_model(cfg, args)
+    metric_names = list(dict.fromkeys(k for r in report.rows for k in r.metrics))
+    rows = [[r.model, r.protocol, *[r.metrics.get(m, "") for m in metric_names], r.seconds] for r in report.rows]
+    _print_table(f"evaluation ({args.stage}) of batch {report.info['batch_version']} ({report.info['users']} users)",
+                 ["model", "protocol", *metric_names, "seconds"], rows)
+    if args.json:
+        ev.write_json(report, Path(args.json))
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+def _evaluate_recall(cfg: Config, args: argparse.Namespace):  # noqa: ANN202
     import redis
 
     from pipeline import evaluate as ev
     from pipeline.redis_server import redis_for_home
 
-    cfg = _config(args, {"data": {"split": "p1"}})
-    if args.stage != "recall":
-        raise UsageError(f"unknown stage {args.stage!r}")
     with redis_for_home(cfg) as url, _progress() as progress:
         task = progress.add_task("evaluating recall (P1)", total=None)
         client = redis.Redis.from_url(url)
-        report = ev.evaluate_recall(cfg, client, k=args.k, max_users=args.max_users,
-                                    on_progress=lambda i, n: progress.update(task, completed=i, total=n))
-        client.close()
-    metric_names = list(dict.fromkeys(k for r in report.rows for k in r.metrics))
-    rows = [[r.model, r.protocol, *[r.metrics.get(m, "") for m in metric_names], r.seconds] for r in report.rows]
-    _print_table(f"evaluation of batch {report.info['batch_version']} ({report.info['users']} users, "
-                 f"merged candidates {report.info['merged_size']})", ["model", "protocol", *metric_names, "seconds"], rows)
-    if args.json:
-        ev.write_json(report, Path(args.json))
-        console.print(f"wrote {args.json}")
+        try:
+            return ev.evaluate_recall(cfg, client, k=args.k, max_users=args.max_users,
+                                      on_progress=lambda i, n: progress.update(task, completed=i, total=n))
+        finally:
+            client.close()
+
+
+def _evaluate_model(cfg: Config, args: argparse.Namespace):  # noqa: ANN202
+    from model import evaluate as mev
+    from model.export import model_base
+    from model.train import runs_dir
+    from pipeline.evaluate import Report
+
+    home = Home(cfg.home)
+    data = mev.load_p1(cfg)
+    hl, tl = cfg.samples.history_len, cfg.features.title_max_tokens
+    scorers: list = []
+    base = model_base(home)
+    versions = sorted((int(p.name) for p in base.iterdir() if p.name.isdigit()), reverse=True) if base.exists() else []
+    if versions:
+        fn = mev.saved_model_fn(base / str(versions[0]))
+        scorers.append(mev.SignatureScorer(f"ranker (export v{versions[0]})", fn, data, hl, tl))
+        if args.cold:
+            scorers.append(mev.SignatureScorer(f"ranker (export v{versions[0]}) [cold user]", fn, data, hl, tl, cold_users=True))
+    for run in (args.runs.split(",") if args.runs else []):
+        scorers.append(mev.SignatureScorer(f"run {run}", mev.run_fn(runs_dir(home) / run), data, hl, tl))
+    if not scorers:
+        raise UsageError("no exported model (recsys export) and no --runs: nothing to evaluate")
+    if not args.no_baselines:
+        scorers += mev.baselines(data, home)
+    with _progress() as progress:
+        task = progress.add_task("evaluating", total=None)
+        rows = mev.evaluate_scorers(data, scorers, max_users=args.max_users, k=args.k,
+                                    on_progress=lambda name, i, n: progress.update(task, description=name, completed=i, total=n))
+        if args.cold and versions:
+            users = sorted(int(u) for u in data.test.index)[: args.max_users or None]
+            rows.append(mev.cold_movie_row(scorers[0], data, users, k=args.k))
+    report = Report(rows=rows, info={"batch_version": data.version, "users": min(args.max_users or 10**9, len(data.test)),
+                                     "protocol": "P1", "catalogue": int(len(data.catalogue.movie_ids))})
+    for name in (args.runs.split(",") if args.runs else []):
+        summary = runs_dir(home) / name / "summary.json"
+        if summary.exists():
+            report.info.setdefault("train_seconds", {})[name] = json.loads(summary.read_text())["train_seconds"]
+    return report
+
+
+# --- model ----------------------------------------------------------------------------
+def _model_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    model: dict[str, Any] = {}
+    for flag in ("epochs", "batch_size", "max_train_examples", "patience"):
+        if getattr(args, flag, None) is not None:
+            model[flag] = getattr(args, flag)
+    if getattr(args, "ablate", None):
+        model["ablate"] = [a.strip() for a in args.ablate.split(",") if a.strip()]
+    return {"model": model} if model else {}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model.train import train
+
+    cfg = _config(args, _model_overrides(args))
+    from model.ranker import BlockConfig
+
+    BlockConfig().ablate(list(cfg.model.ablate))  # unknown block names fail before any data is read
+    summary = train(cfg, version=args.version, run_name=args.run, verbose=1 if out.is_terminal else 2)
+    best = summary["best_epoch"]
+    _print_table(f"trained {summary['run']} ({summary['device']})", ["", "value"], [
+        ["batch version / split", f"{summary['batch_version']} / {summary['split']}"],
+        ["examples train / val", f"{summary['train_examples']:,} / {summary['val_examples']:,}"],
+        ["epochs run", summary["epochs_run"]], ["train seconds", summary["train_seconds"]],
+        ["best val_loss / val_auc / val_rating_mse",
+         f"{best.get('val_loss')} / {best.get('val_auc')} / {best.get('val_rating_mse')}"],
+        ["ablated blocks", ", ".join(summary["ablate"]) or "none"]])
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from model.export import export
+    from model.train import latest_run, runs_dir
+
+    cfg = _config(args)
+    home = Home(cfg.home)
+    run = runs_dir(home) / args.run if args.run else latest_run(home)
+    path = export(home, run)
+    out.print(f"exported {run.name} -> {path} (TF Serving layout; model name '{path.parent.name}', version {path.name})")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from model.explain_cli import explain
+
+    cfg = _config(args)
+    result = explain(cfg, args.user, [int(m) for m in args.movie.split(",")], Path(args.out) if args.out else None)
+    for movie, drivers in result["drivers"].items():
+        out.print(f"[bold]{result['titles'].get(movie, movie)}[/]: score {result['scores'][movie]:.3f}, "
+                  f"predicted rating {result['ratings'][movie]:.2f}")
+        for m, w in drivers:
+            out.print(f"   because you watched {result['titles'].get(m, m)}  (attention {w:.2f})")
+    out.print(f"heatmap: {result['png']}")
     return 0
 
 
@@ -285,11 +386,35 @@ def build_parser() -> argparse.ArgumentParser:
     batch.set_defaults(func=cmd_batch)
 
     evaluate = sub.add_parser("evaluate", help="quality under EVALUATION.md protocols")
-    evaluate.add_argument("--stage", choices=("recall",), default="recall", help="what to evaluate")
+    evaluate.add_argument("--stage", choices=("recall", "model"), default="recall",
+                          help="recall: channel coverage; model: rankers and baselines (P1 full, sampled, rating error)")
+    evaluate.add_argument("--runs", help="(model) comma-separated training runs to add as rows, e.g. ablations")
+    evaluate.add_argument("--no-baselines", action="store_true", help="(model) skip popularity, item-kNN and MF")
+    evaluate.add_argument("--cold", action="store_true", help="(model) add the cold-start user and movie slices")
     evaluate.add_argument("--k", type=int, default=10)
     evaluate.add_argument("--max-users", type=int, help="evaluate a seeded sample of users")
     evaluate.add_argument("--json", help="also write the table as JSON here")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    tr = sub.add_parser("train", help="train the ranking model on the current batch version's examples")
+    tr.add_argument("--version", help="batch version (default: CURRENT)")
+    tr.add_argument("--run", help="run name (default: <version>-<split>-<ablation>); an interrupted run resumes")
+    tr.add_argument("--ablate", help="comma-separated blocks to switch off, e.g. attention,lstm")
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--patience", type=int)
+    tr.add_argument("--max-train-examples", type=int, help="train on a seeded sample (0 = all)")
+    tr.set_defaults(func=cmd_train)
+
+    ex = sub.add_parser("export", help="export a trained run for TensorFlow Serving (<home>/models/ranker/<n>/)")
+    ex.add_argument("--run", help="run name (default: the latest)")
+    ex.set_defaults(func=cmd_export)
+
+    xp = sub.add_parser("explain", help="attention heatmap (PNG) and the history movies behind a score")
+    xp.add_argument("--user", type=int, required=True)
+    xp.add_argument("--movie", required=True, help="movie id, or several comma-separated")
+    xp.add_argument("--out", help="PNG path (default <home>/explain/user-<U>.png)")
+    xp.set_defaults(func=cmd_explain)
 
     red = sub.add_parser("redis", help="the home's embedded redis-server")
     red.add_argument("action", choices=("start", "stop", "status"))
@@ -315,12 +440,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from pipeline import movielens as ml
     from pipeline.evaluate import EvaluationError
+    from model.train import TrainingError
     from pipeline.redis_server import RedisUnavailable
     from spark_jobs.batch import BatchError
 
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ConfigError, ml.DatasetError, EvaluationError, RedisUnavailable, BatchError, ValueError,
+    except (UsageError, ConfigError, ml.DatasetError, EvaluationError, RedisUnavailable, BatchError, TrainingError,
+            ValueError,
             FileNotFoundError) as exc:
         if os.environ.get("RECSYS_DEBUG"):
             raise

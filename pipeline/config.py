@@ -150,6 +150,8 @@ class ModelConfig:
     score_weight: float = _f(1.0, "Weight of the interaction (BCE) loss.")
     rating_weight: float = _f(0.5, "Weight of the rating (MSE) loss.")
     ablate: list = _f([], "Blocks switched off (user_id, demographics, genre_conv, movie_id, decade, title_cnn, movie_stats, attention, lstm, target_attention, residual, history).")
+    cold_movie_rate: float = _f(0.05, "Share of training candidates shown as brand-new movies (no id, no statistics), so new movies get sensible scores.")
+    cold_user_rate: float = _f(0.05, "Share of training rows shown as brand-new users (no id, no history; demographics and interest genres kept).")
     max_train_examples: int = _f(0, "Train on a seeded sample of at most this many examples (0 = all).")
     seed: int = _f(1234, "Seed of initialisation and shuffling.")
 

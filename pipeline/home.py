@@ -113,7 +113,7 @@ TABLES_BY_STEP: dict[str, tuple[str, ...]] = {
     "ingest": ("ratings", "movies", "users", "tags"),
     "prepare": ("interactions",),
     "features": ("user_features", "movie_features"),
-    "recall": ("recall_als", "recall_similar", "recall_next", "recall_lists"),
+    "recall": ("recall_als", "recall_similar", "recall_next", "recall_lists", "als_user_factors", "als_item_factors"),
     "samples": ("examples", "heldout", "vocab.json"),
 }
 

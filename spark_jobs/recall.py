@@ -218,6 +218,9 @@ def run(spark, cfg: Config, version: str) -> dict[str, Any]:  # noqa: ANN001
 
     model = fit_als(fit, cfg)
     write_table(als_user_lists(spark, model, history, cfg.recall.als_top_n), table_path(home, version, "recall_als"))
+    # The factors themselves: the matrix-factorisation baseline of `recsys evaluate` scores with them.
+    write_table(model.userFactors, table_path(home, version, "als_user_factors"), partitions=1)
+    write_table(model.itemFactors, table_path(home, version, "als_item_factors"), partitions=1)
     item_ids, item_mat = factors_matrix(model.itemFactors)
     w2v = item2vec_vectors(fit, cfg) if cfg.recall.item2vec else None
     sim_rows = similar_lists(item_ids, item_mat, w2v, cfg.recall.similar_k)

@@ -10,7 +10,8 @@ import pytest
 
 from pipeline import cli
 
-COMMANDS = [[], ["data"], ["data", "synth"], ["data", "inspect"], ["batch"], ["evaluate"], ["redis"], ["config"],
+COMMANDS = [[], ["data"], ["data", "synth"], ["data", "inspect"], ["batch"], ["evaluate"], ["train"], ["export"],
+            ["explain"], ["redis"], ["config"],
             ["demo"]]
 
 
