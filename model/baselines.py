@@ -50,6 +50,12 @@ class BiasModel:
             user = g.sum() / (g.count() + reg)
         self.item, self.user = item.to_numpy(), user
 
+    def predict_pairs(self, user_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Predicted ratings of (user, catalogue position) pairs; unknown movies get no movie bias."""
+        bu = pd.Series(user_ids).map(self.user).fillna(0.0).to_numpy()
+        bi = np.where(positions >= 0, self.item[np.maximum(positions, 0)], 0.0)
+        return np.clip(self.mu + bu + bi, 0.5, 5.0)
+
     def predict(self, user_ids: np.ndarray) -> np.ndarray:
         bu = pd.Series(user_ids).map(self.user).fillna(0.0).to_numpy()
         return np.clip(self.mu + bu[:, None] + self.item[None, :], 0.5, 5.0)

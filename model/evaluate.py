@@ -53,6 +53,13 @@ class P1Data:
     version: str
 
 
+def build_split(cfg: Config) -> str | None:
+    """The split of the current batch version (None when there is none)."""
+    home = Home(cfg.home)
+    version = home.current_version()
+    return home.read_manifest(version).get("split") if version else None
+
+
 def load_p1(cfg: Config) -> P1Data:
     from pipeline.evaluate import EvaluationError
 
@@ -244,3 +251,74 @@ def baselines(data: P1Data, home: Home) -> list[Scorer]:
     itf = pd.read_parquet(table_path(home, data.version, "als_item_factors"))
     return [Popularity(data.train, data.catalogue), ItemKNN(data.train, data.catalogue),
             MatrixFactorisation(uf, itf, data.train, data.catalogue)]
+
+
+def p2_requests(rows: pd.DataFrame, users: pd.DataFrame, movies: pd.DataFrame, history_len: int,
+                title_len: int) -> dict[str, np.ndarray]:
+    """Signature inputs for B examples with one candidate each (the example's own movie and context)."""
+    b = len(rows)
+    demo = users.reindex(rows["user_id"].to_numpy())
+    mf = movies.reindex(rows["movie_id"].to_numpy())
+    stats = np.nan_to_num(mf[["popularity", "mean_rating", "bayes_rating"]].to_numpy(np.float32))
+    return {
+        "user_id": rows["user_id"].to_numpy(np.int64),
+        "age_bucket": demo["age_bucket"].fillna(0).to_numpy(np.int64),
+        "gender": demo["gender"].fillna("").to_numpy(dtype=object).astype(str),
+        "occupation": demo["occupation"].fillna("").to_numpy(dtype=object).astype(str),
+        "user_n_ratings": rows["n_before"].to_numpy(np.float32),
+        "user_mean_rating": rows["mean_before"].to_numpy(np.float32),
+        "hist_movie_ids": left_pad(list(rows["hist_movies"]), history_len, np.int64),
+        "hist_ratings": left_pad(list(rows["hist_ratings"]), history_len, np.float32),
+        "interest_genres": np.zeros((b, N_GENRES), np.float32),
+        "movie_ids": rows["movie_id"].to_numpy(np.int64)[:, None],
+        "movie_genres": genre_multi_hot([g if isinstance(g, (list, np.ndarray)) else [] for g in mf["genres"]])[:, None, :],
+        "movie_year": mf["year"].fillna(0).to_numpy(np.int64)[:, None],
+        "movie_title_tokens": pad_tokens([t if isinstance(t, (list, np.ndarray)) else [] for t in mf["title_tokens"]],
+                                         title_len).astype(str)[:, None, :],
+        "movie_stats": stats[:, None, :],
+    }
+
+
+def evaluate_p2(cfg: Config, runs: list[str], max_rows: int | None = None, batch: int = 1024) -> Any:
+    """P2: RMSE / MAE of predicted ratings on the held-out random 10%, with a bias baseline."""
+    from model.baselines import BiasModel
+    from model.export import exported_versions, model_base
+    from model.signature import as_tensors
+    from model.train import runs_dir
+    from pipeline.evaluate import Report
+
+    home = Home(cfg.home)
+    version = home.current_version()
+    inter = pd.read_parquet(table_path(home, version, "interactions"))
+    test = pd.read_parquet(table_path(home, version, "examples"), filters=[("split", "==", "test")])
+    if max_rows and max_rows < len(test):
+        test = test.sample(n=max_rows, random_state=0)
+    movies = pd.read_parquet(table_path(home, version, "movie_features")).set_index("movie_id")
+    users = pd.read_parquet(table_path(home, version, "users")).drop_duplicates("user_id").set_index("user_id")
+    truth = test["rating"].to_numpy(np.float64)
+    fns: list[tuple[str, Any]] = []
+    versions = exported_versions(home)
+    if versions:
+        fns.append((f"ranker (export v{versions[0]})", saved_model_fn(model_base(home) / str(versions[0]))))
+    fns += [(f"run {r}", run_fn(runs_dir(home) / r)) for r in runs]
+    rows: list[Row] = []
+    for name, fn in fns:
+        t0 = time.perf_counter()
+        preds = []
+        for start in range(0, len(test), batch):
+            req = p2_requests(test.iloc[start:start + batch], users, movies, cfg.samples.history_len,
+                              cfg.features.title_max_tokens)
+            preds.append(np.asarray(fn(**as_tensors(req))["rating"])[:, 0])
+        err = np.concatenate(preds) - truth
+        rows.append(Row(model=name, protocol="P2", seconds=round(time.perf_counter() - t0, 1),
+                        metrics={"RMSE": round(float(np.sqrt(np.mean(err ** 2))), 4), "MAE": round(float(np.mean(np.abs(err))), 4)}))
+    t0 = time.perf_counter()
+    train = inter[inter["split"] == "train"]
+    cat = Catalogue(np.sort(inter["movie_id"].unique()))
+    bias = BiasModel(train, cat)
+    pred = bias.predict_pairs(test["user_id"].to_numpy(), cat.positions(test["movie_id"].to_numpy()))
+    err = pred - truth
+    rows.append(Row(model="baseline:bias (global + user + movie)", protocol="P2", seconds=round(time.perf_counter() - t0, 1),
+                    metrics={"RMSE": round(float(np.sqrt(np.mean(err ** 2))), 4), "MAE": round(float(np.mean(np.abs(err))), 4)}))
+    return Report(rows=rows, info={"batch_version": version, "users": int(test["user_id"].nunique()),
+                                   "test_ratings": int(len(test)), "protocol": "P2"})

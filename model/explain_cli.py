@@ -22,12 +22,12 @@ class ExplainError(ValueError):
 
 def explain(cfg: Config, user_id: int, movie_ids: list[int], out: Path | None = None) -> dict[str, Any]:
     from model.evaluate import saved_model_fn
-    from model.export import model_base
+    from model.export import exported_versions, model_base
 
     home = Home(cfg.home)
     version = home.current_version()
     base = model_base(home)
-    versions = sorted((int(p.name) for p in base.iterdir() if p.name.isdigit()), reverse=True) if base.exists() else []
+    versions = exported_versions(home)
     if version is None or not versions:
         raise ExplainError("needs a batch version and an exported model: run `recsys batch`, `train`, `export` first")
     uf = pd.read_parquet(table_path(home, version, "user_features"), filters=[("user_id", "==", user_id)])

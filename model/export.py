@@ -34,6 +34,13 @@ def model_base(home: Home, name: str = MODEL_NAME) -> Path:
     return home.models / name
 
 
+def exported_versions(home: Home, name: str = MODEL_NAME) -> list[int]:
+    """Integer versions exported under ``<home>/models/<name>/``, newest first."""
+    base = model_base(home, name)
+    return sorted((int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True) \
+        if base.exists() else []
+
+
 def next_version(base: Path) -> int:
     versions = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.exists() else []
     return max(versions, default=0) + 1

@@ -151,7 +151,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline import evaluate as ev
 
-    cfg = _config(args, {"data": {"split": "p1"}})
+    cfg = _config(args)
     report = _evaluate_recall(cfg, args) if args.stage == "recall" else _evaluate_model(cfg, args)
     metric_names = list(dict.fromkeys(k for r in report.rows for k in r.metrics))
     rows = [[r.model, r.protocol, *[r.metrics.get(m, "") for m in metric_names], r.seconds] for r in report.rows]
@@ -181,16 +181,18 @@ def _evaluate_recall(cfg: Config, args: argparse.Namespace):  # noqa: ANN202
 
 def _evaluate_model(cfg: Config, args: argparse.Namespace):  # noqa: ANN202
     from model import evaluate as mev
-    from model.export import model_base
+    from model.export import exported_versions, model_base
     from model.train import runs_dir
     from pipeline.evaluate import Report
 
     home = Home(cfg.home)
+    if mev.build_split(cfg) == "p2":
+        return mev.evaluate_p2(cfg, runs=args.runs.split(",") if args.runs else [], max_rows=args.max_users)
     data = mev.load_p1(cfg)
     hl, tl = cfg.samples.history_len, cfg.features.title_max_tokens
     scorers: list = []
     base = model_base(home)
-    versions = sorted((int(p.name) for p in base.iterdir() if p.name.isdigit()), reverse=True) if base.exists() else []
+    versions = exported_versions(home)
     if versions:
         fn = mev.saved_model_fn(base / str(versions[0]))
         scorers.append(mev.SignatureScorer(f"ranker (export v{versions[0]})", fn, data, hl, tl))
@@ -379,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch = sub.add_parser("batch", help="run the Spark batch plane and publish to Redis")
     batch.add_argument("--data", help="MovieLens directory (default: the home's synthetic data, generated if absent)")
-    batch.add_argument("--split", choices=("none", "p1"), help="'p1' holds out each user's last two ratings for evaluation")
+    batch.add_argument("--split", choices=("none", "p1", "p2"),
+                       help="'p1': hold out each user's last two ratings (leave-one-out); 'p2': a random 10%% (rating prediction)")
     batch.add_argument("--steps", help="comma-separated subset of ingest,prepare,features,recall,samples,publish")
     batch.add_argument("--version", help="rerun --steps inside this existing batch version")
     batch.add_argument("--on-bad-rows", choices=("fail", "skip"), help="malformed input rows: fail (default) or skip")
@@ -392,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-baselines", action="store_true", help="(model) skip popularity, item-kNN and MF")
     evaluate.add_argument("--cold", action="store_true", help="(model) add the cold-start user and movie slices")
     evaluate.add_argument("--k", type=int, default=10)
-    evaluate.add_argument("--max-users", type=int, help="evaluate a seeded sample of users")
+    evaluate.add_argument("--max-users", type=int, help="evaluate a seeded sample of users (P2: of test ratings)")
     evaluate.add_argument("--json", help="also write the table as JSON here")
     evaluate.set_defaults(func=cmd_evaluate)
 

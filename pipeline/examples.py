@@ -3,8 +3,9 @@
 Each rating event becomes one example whose history is strictly the user's earlier
 ratings (at most ``history_len``, oldest first), with the user's count and mean
 rating *before* the event, and ``negatives`` movies the user never rated at any
-time. Nothing from the event itself or the future leaks into its inputs; the test
-suite checks this row by row.
+time. Held-out ``test`` events never enter any history (under P2 they are spread
+through time). Nothing from the event itself or the future leaks into its inputs;
+the test suite checks this row by row.
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ def user_examples(events: pd.DataFrame, universe: np.ndarray, probs: np.ndarray 
     movies = ev["movie_id"].to_numpy(np.int32)
     ratings = ev["rating"].to_numpy(np.float32)
     n = len(ev)
-    csum = np.concatenate([[0.0], np.cumsum(ratings, dtype=np.float64)])
-    n_before = np.arange(n, dtype=np.int32)
-    mean_before = np.where(n_before > 0, csum[:-1] / np.maximum(n_before, 1), 0.0).astype(np.float32)
-    hist_movies = [movies[max(0, i - history_len):i].tolist() for i in range(n)]
-    hist_ratings = [ratings[max(0, i - history_len):i].tolist() for i in range(n)]
+    visible = (ev["split"] != "test").to_numpy()
+    vis_movies, vis_ratings = movies[visible], ratings[visible]
+    n_before = np.concatenate([[0], np.cumsum(visible)[:-1]]).astype(np.int32)  # visible events strictly before i
+    csum = np.concatenate([[0.0], np.cumsum(vis_ratings, dtype=np.float64)])
+    mean_before = np.where(n_before > 0, csum[n_before] / np.maximum(n_before, 1), 0.0).astype(np.float32)
+    hist_movies = [vis_movies[max(0, j - history_len):j].tolist() for j in n_before]
+    hist_ratings = [vis_ratings[max(0, j - history_len):j].tolist() for j in n_before]
     rng = np.random.default_rng([seed, user_id])
     negs = sample_negatives(rng, universe, probs, np.unique(movies), n, negatives)
     return pd.DataFrame({

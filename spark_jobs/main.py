@@ -21,7 +21,7 @@ def job_main(step: str, argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="recsys.toml (default <home>/recsys.toml)")
     parser.add_argument("--version", help="batch version to write into (default: a new one, ingest only)")
     parser.add_argument("--data", help="MovieLens directory (ingest)")
-    parser.add_argument("--split", choices=("none", "p1"), help="override data.split")
+    parser.add_argument("--split", choices=("none", "p1", "p2"), help="override data.split")
     args = parser.parse_args(argv)
     overrides = {"data": {"split": args.split}} if args.split else None
     cfg = load_config(home=args.home, config_file=args.config, overrides=overrides)

@@ -7,6 +7,8 @@ users), each user's sequence ordered by time with file order breaking ties, and 
 * ``data.split = "p1"``: last interaction ``test``, second-to-last ``val``, the rest
   ``train`` (leave-one-out). Features and recall fit on ``train``; a user's history at
   request time is ``train + val``.
+* ``data.split = "p2"``: a seeded random 10% of ratings ``test`` and 5% ``val``
+  (the rating-prediction split); fitting as under P1.
 * ``data.split = "none"`` (serving): last interaction ``val`` (early stopping of the
   ranking model only), the rest ``train``; everything is fitted and served.
 
@@ -44,13 +46,18 @@ def build_interactions(ratings, cfg: Config):  # noqa: ANN001, ANN201
     kept_movies = movie_counts.where(F.col("count") >= cfg.data.min_movie_ratings).select("movie_id")
     r = ratings.join(kept_movies, "movie_id")
     user_counts = r.groupBy("user_id").count()
-    kept_users = user_counts.where(F.col("count") >= max(cfg.data.min_user_ratings, 3 if cfg.data.split == "p1" else 2))
+    kept_users = user_counts.where(F.col("count") >= max(cfg.data.min_user_ratings, 3 if cfg.data.split != "none" else 2))
     r = r.join(kept_users.select("user_id", F.col("count").alias("n")), "user_id")
     order = Window.partitionBy("user_id").orderBy("ts", "line")
     r = r.withColumn("pos", (F.row_number().over(order) - 1).cast("int"))
     from_end = F.col("n") - 1 - F.col("pos")
     if cfg.data.split == "p1":
         split = F.when(from_end == 0, "test").when(from_end == 1, "val").otherwise("train")
+    elif cfg.data.split == "p2":
+        # A seeded, order-independent uniform draw per rating: the same rows on every machine and rerun.
+        u = (F.abs(F.xxhash64("user_id", "movie_id", "ts", F.lit(cfg.samples.seed))) % 1_000_000) / 1_000_000.0
+        split = (F.when(u < cfg.data.p2_test_fraction, "test")
+                 .when(u < cfg.data.p2_test_fraction + cfg.data.p2_val_fraction, "val").otherwise("train"))
     else:
         split = F.when(from_end == 0, "val").otherwise("train")
     return r.withColumn("split", split).select("user_id", "movie_id", "rating", "ts", "line", "pos",
