@@ -120,7 +120,7 @@ class RecallConfig:
     recent_items: int = _f(10, "How many of the user's latest movies seed the item-to-item channels.")
     popular_n: int = _f(300, "Length of the popular / top-rated lists (overall, per genre, per demographic).")
     toprated_min_count: int = _f(20, "Minimum ratings for a movie to enter a top-rated list.")
-    quotas: dict = _f({"sequential": 200, "item_similar": 150, "als": 200, "genre_popular": 100,
+    quotas: dict = _f({"sequential": 300, "item_similar": 250, "als": 200, "genre_popular": 100,
                        "demographic_popular": 60, "popular": 60, "trending": 50},
                       "Maximum candidates each channel contributes before merging.")
 
