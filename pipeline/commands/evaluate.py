@@ -1,0 +1,82 @@
+"""`recsys evaluate`: recall coverage or model quality, as one table (and JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pipeline.commands.ui import UsageError, config_from, console, print_table, progress_bar
+from pipeline.config import Config
+from pipeline.home import Home
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline import evaluate as ev
+
+    cfg = config_from(args)
+    report = _evaluate_recall(cfg, args) if args.stage == "recall" else _evaluate_model(cfg, args)
+    metric_names = list(dict.fromkeys(k for r in report.rows for k in r.metrics))
+    rows = [[r.model, r.protocol, *[r.metrics.get(m, "") for m in metric_names], r.seconds] for r in report.rows]
+    print_table(f"evaluation ({args.stage}) of batch {report.info['batch_version']} ({report.info['users']} users)",
+                 ["model", "protocol", *metric_names, "seconds"], rows)
+    if args.json:
+        ev.write_json(report, Path(args.json))
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+def _evaluate_recall(cfg: Config, args: argparse.Namespace):  # noqa: ANN202
+    import redis
+
+    from pipeline import evaluate as ev
+    from pipeline.redis_server import redis_for_home
+
+    with redis_for_home(cfg) as url, progress_bar() as progress:
+        task = progress.add_task("evaluating recall (P1)", total=None)
+        client = redis.Redis.from_url(url)
+        try:
+            return ev.evaluate_recall(cfg, client, k=args.k, max_users=args.max_users,
+                                      on_progress=lambda i, n: progress.update(task, completed=i, total=n))
+        finally:
+            client.close()
+
+
+def _evaluate_model(cfg: Config, args: argparse.Namespace):  # noqa: ANN202
+    from model import evaluate as mev
+    from model.export import exported_versions, model_base
+    from model.train import runs_dir
+    from pipeline.evaluate import Report
+
+    home = Home(cfg.home)
+    if mev.build_split(cfg) == "p2":
+        return mev.evaluate_p2(cfg, runs=args.runs.split(",") if args.runs else [], max_rows=args.max_users)
+    data = mev.load_p1(cfg)
+    hl, tl = cfg.samples.history_len, cfg.features.title_max_tokens
+    scorers: list = []
+    base = model_base(home)
+    versions = exported_versions(home)
+    if versions:
+        fn = mev.saved_model_fn(base / str(versions[0]))
+        scorers.append(mev.SignatureScorer(f"ranker (export v{versions[0]})", fn, data, hl, tl))
+        if args.cold:
+            scorers.append(mev.SignatureScorer(f"ranker (export v{versions[0]}) [cold user]", fn, data, hl, tl, cold_users=True))
+    for run in (args.runs.split(",") if args.runs else []):
+        scorers.append(mev.SignatureScorer(f"run {run}", mev.run_fn(runs_dir(home) / run), data, hl, tl))
+    if not scorers:
+        raise UsageError("no exported model (recsys export) and no --runs: nothing to evaluate")
+    if not args.no_baselines:
+        scorers += mev.baselines(data, home)
+    with progress_bar() as progress:
+        task = progress.add_task("evaluating", total=None)
+        rows = mev.evaluate_scorers(data, scorers, max_users=args.max_users, k=args.k,
+                                    on_progress=lambda name, i, n: progress.update(task, description=name, completed=i, total=n))
+        if args.cold and versions:
+            users = sorted(int(u) for u in data.test.index)[: args.max_users or None]
+            rows.append(mev.cold_movie_row(scorers[0], data, users, k=args.k))
+    report = Report(rows=rows, info={"batch_version": data.version, "users": min(args.max_users or 10**9, len(data.test)),
+                                     "protocol": "P1", "catalogue": int(len(data.catalogue.movie_ids))})
+    for name in (args.runs.split(",") if args.runs else []):
+        summary = runs_dir(home) / name / "summary.json"
+        if summary.exists():
+            report.info.setdefault("train_seconds", {})[name] = json.loads(summary.read_text())["train_seconds"]
+    return report

@@ -1,0 +1,40 @@
+"""`recsys redis|config`: operating the home's Redis and the configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pipeline.commands.ui import config_from, out
+from pipeline.home import Home
+from pipeline.config import as_dict, sample_toml
+
+
+def cmd_redis(args: argparse.Namespace) -> int:
+    from pipeline import redis_server as rs
+
+    cfg = config_from(args)
+    data_dir = Home(cfg.home).redis_dir
+    running = rs.find_running(data_dir)
+    if args.action == "status":
+        out.print(f"running at {running.url} (pid {running.pid})" if running else "not running")
+        return 0 if running else 1
+    if args.action == "start":
+        server = running or rs.start_redis(data_dir)
+        out.print(server.url)
+        return 0
+    if running:
+        running.stop(save=True)
+        out.print(f"stopped (data saved in {data_dir})")
+    else:
+        out.print("not running")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "sample":
+        sys.stdout.write(sample_toml())
+        return 0
+    out.print_json(json.dumps(as_dict(config_from(args))))
+    return 0
