@@ -54,6 +54,10 @@ class RunPaths:
         return self.root / "backup"
 
     @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
 
@@ -120,7 +124,7 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
     tag = "full" if not cfg.model.ablate else "no-" + "-".join(sorted(cfg.model.ablate))
     run_name = run_name or f"{version}-{split}-{tag}"
     paths = RunPaths(runs_dir(home) / run_name)
-    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
 
     keras.utils.set_random_seed(cfg.model.seed)
     vocab = Vocab.load(table_path(home, version, "vocab.json"), cfg.features.title_max_tokens)
@@ -163,6 +167,8 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.model.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, cfg.model.patience - 1)),
         keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard), write_graph=False),
+        keras.callbacks.ModelCheckpoint(str(paths.checkpoints / "best.weights.h5"), monitor="val_loss",
+                                        save_best_only=True, save_weights_only=True),
         _Record(),
     ]
     t0 = time.perf_counter()

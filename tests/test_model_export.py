@@ -49,6 +49,7 @@ def test_training_summary(trained: dict) -> None:
     assert np.isfinite(s["best_epoch"]["val_loss"])
     assert (trained["run"] / "ranker.keras").exists() and (trained["run"] / "tensorboard").exists()
     assert not (trained["run"] / "backup").exists()  # a finished run leaves no resume state
+    assert (trained["run"] / "checkpoints" / "best.weights.h5").exists()
 
 
 def test_export_matches_signature_and_keras_model(trained: dict) -> None:

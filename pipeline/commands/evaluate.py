@@ -53,15 +53,21 @@ def _evaluate_model(cfg: Config, args: argparse.Namespace):  # noqa: ANN202
     data = mev.load_p1(cfg)
     hl, tl = cfg.samples.history_len, cfg.features.title_max_tokens
     scorers: list = []
+    run_of: dict[str, str] = {}  # scorer name -> training run (for the training-time column)
     base = model_base(home)
     versions = exported_versions(home)
     if versions:
         fn = mev.saved_model_fn(base / str(versions[0]))
-        scorers.append(mev.SignatureScorer(f"ranker (export v{versions[0]})", fn, data, hl, tl))
+        name = f"ranker (export v{versions[0]})"
+        scorers.append(mev.SignatureScorer(name, fn, data, hl, tl))
+        run_txt = base / str(versions[0]) / "assets.extra" / "run.txt"
+        if run_txt.exists():
+            run_of[name] = run_txt.read_text().split()[0]
         if args.cold:
-            scorers.append(mev.SignatureScorer(f"ranker (export v{versions[0]}) [cold user]", fn, data, hl, tl, cold_users=True))
+            scorers.append(mev.SignatureScorer(f"{name} [cold user]", fn, data, hl, tl, cold_users=True))
     for run in (args.runs.split(",") if args.runs else []):
         scorers.append(mev.SignatureScorer(f"run {run}", mev.run_fn(runs_dir(home) / run), data, hl, tl))
+        run_of[f"run {run}"] = run
     if not scorers:
         raise UsageError("no exported model (recsys export) and no --runs: nothing to evaluate")
     if not args.no_baselines:
@@ -75,8 +81,8 @@ def _evaluate_model(cfg: Config, args: argparse.Namespace):  # noqa: ANN202
             rows.append(mev.cold_movie_row(scorers[0], data, users, k=args.k))
     report = Report(rows=rows, info={"batch_version": data.version, "users": min(args.max_users or 10**9, len(data.test)),
                                      "protocol": "P1", "catalogue": int(len(data.catalogue.movie_ids))})
-    for name in (args.runs.split(",") if args.runs else []):
-        summary = runs_dir(home) / name / "summary.json"
+    for row in report.rows:
+        summary = runs_dir(home) / run_of.get(row.model, "-") / "summary.json"
         if summary.exists():
-            report.info.setdefault("train_seconds", {})[name] = json.loads(summary.read_text())["train_seconds"]
+            row.metrics["train seconds"] = json.loads(summary.read_text())["train_seconds"]
     return report
