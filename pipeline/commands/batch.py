@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.commands.data import ensure_default_data
 from pipeline.commands.ui import config_from, print_table, progress_bar
 from pipeline.config import Config
-from pipeline.commands.data import ensure_default_data
+
 
 def _batch_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     data: dict[str, Any] = {}

@@ -9,6 +9,7 @@ from pipeline.commands.ui import config_from, console, print_table, progress_bar
 from pipeline.config import Config
 from pipeline.home import Home
 
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from pipeline import synth
 

@@ -10,6 +10,7 @@ from pipeline.commands.ui import UsageError, config_from, console, print_table, 
 from pipeline.config import Config
 from pipeline.home import Home
 
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline import evaluate as ev
 

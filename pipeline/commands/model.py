@@ -9,6 +9,7 @@ from typing import Any
 from pipeline.commands.ui import config_from, out, print_table
 from pipeline.home import Home
 
+
 def _model_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     model: dict[str, Any] = {}
     for flag in ("epochs", "batch_size", "max_train_examples", "patience"):

@@ -7,8 +7,8 @@ import json
 import sys
 
 from pipeline.commands.ui import config_from, out
-from pipeline.home import Home
 from pipeline.config import as_dict, sample_toml
+from pipeline.home import Home
 
 
 def cmd_redis(args: argparse.Namespace) -> int:

@@ -20,6 +20,8 @@ class UsageError(Exception):
 
 
 # --- helpers --------------------------------------------------------------------------
+
+
 def config_from(args: argparse.Namespace, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     return load_config(home=args.home, config_file=args.config, overrides=overrides)
 
