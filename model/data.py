@@ -42,7 +42,7 @@ def load_users(users: pd.DataFrame, vocab: Vocab) -> pd.DataFrame:
     u = users.drop_duplicates("user_id").set_index("user_id")
     return pd.DataFrame({
         "user_idx": vocab.user.encode(u.index.to_numpy()),
-        "age_idx": vocab.age.encode(u["age_bucket"].fillna(-1).astype(int).to_numpy()),
+        "age_idx": vocab.age.encode(pd.to_numeric(u["age_bucket"], errors="coerce").fillna(-1).astype(int).to_numpy()),
         "gender_idx": vocab.gender.encode(u["gender"].fillna("").to_numpy(dtype=object)),
         "occupation_idx": vocab.occupation.encode(u["occupation"].fillna("").to_numpy(dtype=object)),
     }, index=u.index)
