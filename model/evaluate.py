@@ -195,7 +195,8 @@ def evaluate_scorers(data: P1Data, scorers: list[Scorer], max_users: int | None 
                 target = int(data.test.loc[u.user_id, "movie_id"])
                 tpos = int(pos_of(np.array([target]))[0])
                 s = scores[i].astype(np.float64).copy()
-                s[pos_of(u.movies)[pos_of(u.movies) >= 0]] = -np.inf
+                seen = pos_of(u.movies)
+                s[seen[seen >= 0]] = -np.inf
                 full_rank = int(np.sum(s >= s[tpos]))  # ties count against the model, as in the sampled protocol
                 neg = s[pos_of(negatives[u.user_id])]
                 sampled_rank = 1 + int(np.sum(neg >= s[tpos]))

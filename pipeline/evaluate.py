@@ -21,7 +21,7 @@ import redis
 
 from pipeline import keys as K
 from pipeline.config import Config
-from pipeline.home import Home, table_path
+from pipeline.home import Home, atomic_write_text, table_path
 from pipeline.metrics import hit_at_k, mean, ndcg_at_k, rank_of
 from pipeline.recall import fuse, run_channels
 from pipeline.store import RedisStore
@@ -116,7 +116,4 @@ def evaluate_recall(cfg: Config, client: redis.Redis, k: int = 10, max_users: in
 
 
 def write_json(report: Report, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report.as_dict(), indent=2), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(report.as_dict(), indent=2))
