@@ -175,6 +175,58 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """The rating event log between the gateway (writer) and the stream job (reader)."""
+
+    log: str = _f("spool", "Event log: 'spool' (JSON-lines segment files under the home, the embedded default) or 'kafka' (production).", ("spool", "kafka"))
+    spool_dir: str = _f("", "Spool directory of rolled segments; empty = <home>/events/spool.")
+    dead_letter_dir: str = _f("", "Where malformed events go with their reason; empty = <home>/events/dead-letter.")
+    roll_seconds: float = _f(1.0, "A spool segment is closed and made visible (atomic rename) after this many seconds ...")
+    roll_events: int = _f(500, "... or this many events, whichever comes first.")
+    kafka_bootstrap: str = _f("", "Kafka bootstrap servers (host:port,...) when log = 'kafka'.")
+    kafka_topic: str = _f("ratings", "Kafka topic of rating events.")
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The gateway (gRPC + HTTP) and the model server it calls."""
+
+    bind: str = _f("0.0.0.0", "Address the gateway's gRPC and HTTP servers listen on (127.0.0.1 keeps them local).")
+    grpc_port: int = _f(50051, "gRPC port of recsys.v1.Recommender (0 = any free port).")
+    http_port: int = _f(8080, "HTTP port of the JSON API, /healthz, /metrics and the web UI (0 = any free port).")
+    model_server: str = _f("", "host:port of a TensorFlow Serving (or compatible) gRPC endpoint; empty = start the embedded model server.")
+    model_name: str = _f("ranker", "Model name in the model server (TF Serving's model_config name).")
+    model_port: int = _f(8500, "gRPC port of the embedded model server (TF Serving's default; 0 = any free port).")
+    model_poll_seconds: float = _f(2.0, "How often the embedded model server polls the model base path for new versions.")
+    max_batch: int = _f(8, "Embedded model server: most concurrent Predict calls merged into one model call.")
+    batch_timeout_ms: float = _f(2.0, "Embedded model server: how long a lone request waits for others to batch with.")
+    deadline_ms: int = _f(2000, "Default deadline of a gateway call when the client sets none.")
+    redis_timeout_ms: int = _f(250, "Socket timeout of the gateway's Redis calls; beyond it the Redis fallback answers.")
+    model_timeout_ms: int = _f(1000, "Deadline of one Predict call; beyond it the recall order answers (degraded).")
+    candidates: int = _f(400, "How many merged recall candidates are ranked per Recommend call.")
+    recall_weight: float = _f(0.0, "Blend: final = model score + recall_weight * normalised recall score.")
+    genre_cap: float = _f(0.5, "Most of a Recommend list one genre may fill (share of k; 1.0 = no cap).")
+    max_k: int = _f(100, "Largest k a caller may ask for.")
+    version_check_seconds: float = _f(1.0, "How often the gateway checks Redis for a newly published batch version.")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """The Flink job that turns rating events into online features in Redis."""
+
+    source: str = _f("spool", "Where events come from: the spool directory (embedded default) or Kafka.", ("spool", "kafka"))
+    kafka_jar: str = _f("", "Path of flink-sql-connector-kafka-*.jar (needed when source = 'kafka').")
+    parallelism: int = _f(1, "Flink parallelism.")
+    checkpoint_interval_ms: int = _f(5000, "Checkpoint interval; state and source position survive a restart.")
+    checkpoint_dir: str = _f("", "Checkpoint directory; empty = <home>/stream/checkpoints.")
+    monitor_interval_ms: int = _f(500, "How often the FileSource looks for new spool segments.")
+    trending_window_minutes: int = _f(60, "Sliding window of the trending counts (per movie) ...")
+    trending_slide_minutes: int = _f(5, "... and how often it slides.")
+    sink_batch: int = _f(200, "Redis writes buffered into one pipeline before a flush (and at every checkpoint).")
+    dedup_ttl_hours: int = _f(72, "How long a seen event id is remembered (replays within it count once).")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``home`` is where every artifact of a run lives."""
 
@@ -188,6 +240,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     def replace(self, section: str, **values: Any) -> "Config":
         """A copy with some values of one section changed (validated like a file)."""
@@ -197,7 +252,7 @@ class Config:
 _SECTION_TYPES: dict[str, type] = {
     "spark": SparkConfig, "data": DataConfig, "synth": SynthConfig, "features": FeatureConfig,
     "recall": RecallConfig, "samples": SamplesConfig, "model": ModelConfig, "publish": PublishConfig,
-    "redis": RedisConfig,
+    "redis": RedisConfig, "events": EventsConfig, "serving": ServingConfig, "stream": StreamConfig,
 }
 
 
@@ -281,10 +336,19 @@ def _validate(cfg: Config) -> None:
                 ("features", "history_len"), ("synth", "users"), ("synth", "movies"), ("synth", "ratings"),
                 ("spark", "shuffle_partitions"), ("publish", "keep_versions"), ("publish", "pipeline_size"),
                 ("model", "embedding_dim"), ("model", "hidden"), ("model", "batch_size"), ("model", "epochs"),
-                ("model", "attention_heads")]
+                ("model", "attention_heads"), ("events", "roll_seconds"), ("events", "roll_events"),
+                ("serving", "deadline_ms"), ("serving", "redis_timeout_ms"), ("serving", "model_timeout_ms"),
+                ("serving", "candidates"), ("serving", "max_k"), ("serving", "max_batch"), ("serving", "genre_cap"),
+                ("serving", "model_poll_seconds"), ("serving", "version_check_seconds"), ("stream", "parallelism"),
+                ("stream", "checkpoint_interval_ms"), ("stream", "monitor_interval_ms"),
+                ("stream", "trending_window_minutes"), ("stream", "trending_slide_minutes"), ("stream", "sink_batch")]
     for section, key in positive:
         if getattr(getattr(cfg, section), key) <= 0:
             raise ConfigError(f"{section}.{key} must be positive, got {getattr(getattr(cfg, section), key)}")
+    if not 0 < cfg.serving.genre_cap <= 1:
+        raise ConfigError(f"serving.genre_cap must be in (0, 1], got {cfg.serving.genre_cap}")
+    if cfg.stream.trending_slide_minutes > cfg.stream.trending_window_minutes:
+        raise ConfigError("stream.trending_slide_minutes must not exceed stream.trending_window_minutes")
     if cfg.samples.negatives < 0:
         raise ConfigError(f"samples.negatives must be >= 0, got {cfg.samples.negatives}")
     from pipeline import recall as _recall  # local: recall imports config for types only

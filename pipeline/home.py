@@ -10,7 +10,9 @@ Layout::
     <home>/warehouse/versions/<v>/  one batch run: parquet tables + manifest.json
     <home>/warehouse/CURRENT      name of the last complete batch version
     <home>/models/                exported models (TF Serving layout)
-    <home>/events/                event spool (stream input)
+    <home>/events/spool/          event spool: rolled JSON-lines segments (stream input)
+    <home>/events/dead-letter/    malformed events with their reason
+    <home>/stream/checkpoints/    Flink checkpoints of the stream job
     <home>/redis/                 embedded redis-server data, pid and port
     <home>/logs/                  logs of background processes
 """
@@ -65,6 +67,18 @@ class Home:
     @property
     def events(self) -> Path:
         return self.root / "events"
+
+    @property
+    def spool(self) -> Path:
+        return self.events / "spool"
+
+    @property
+    def dead_letter(self) -> Path:
+        return self.events / "dead-letter"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "stream" / "checkpoints"
 
     @property
     def redis_dir(self) -> Path:

@@ -76,3 +76,27 @@ def p1_batch(spark, small_data: Path, redis_srv, tmp_path_factory: pytest.TempPa
     cfg = make_config(tmp_path_factory.mktemp("p1-home"), redis_srv.url, data={"split": "p1"})
     manifest = run_batch(cfg, small_data)
     return {"cfg": cfg, "manifest": manifest, "version": manifest["version"]}
+
+
+@pytest.fixture(scope="session")
+def trained(p1_batch: dict) -> dict:
+    """A tiny ranker trained on the P1 build (real TensorFlow): for export, model-server and gateway tests."""
+    from model.train import latest_run, train
+    from pipeline.home import Home
+
+    cfg = p1_batch["cfg"].replace("model", epochs=2, batch_size=256, embedding_dim=16, hidden=32)
+    summary = train(cfg, verbose=0)
+    return {"cfg": cfg, "summary": summary, "run": latest_run(Home(cfg.home))}
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny ranker exported once as version 1 under its own model base path (``<base>/1/``).
+
+    Tests that need more versions copy ``<base>/1`` to a temp name and rename it, as an export does.
+    """
+    from model.export import export
+    from pipeline.home import Home
+
+    path = export(Home(tmp_path_factory.mktemp("export-home")), trained["run"])
+    return path.parent

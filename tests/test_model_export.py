@@ -31,17 +31,6 @@ def test_readme_documents_the_signature() -> None:
         assert outputs[name] == (dtype, "[" + ", ".join(shape) + "]"), name
 
 
-@pytest.fixture(scope="module")
-def trained(p1_batch: dict) -> dict:
-    from model.train import latest_run, train
-
-    cfg = p1_batch["cfg"].replace("model", epochs=2, batch_size=256, embedding_dim=16, hidden=32)
-    summary = train(cfg, verbose=0)
-    from pipeline.home import Home
-
-    return {"cfg": cfg, "summary": summary, "run": latest_run(Home(cfg.home))}
-
-
 def test_training_summary(trained: dict) -> None:
     s = trained["summary"]
     assert s["split"] == "p1" and s["epochs_run"] == 2

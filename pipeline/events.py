@@ -1,0 +1,257 @@
+"""Rating events: the schema (ARCHITECTURE.md contract), its validation, and the spool.
+
+One definition of what a valid event is, used by every writer and reader: the
+gateway's ``RecordRating`` builds events with ``new_event`` (invalid input is refused
+before anything is written), the stream job parses each line with ``parse_event``
+(invalid lines go to the dead-letter place with the ``EventError`` text as reason).
+
+The embedded event log is a *spool directory*: ``SpoolWriter`` appends JSON lines to a
+hidden in-progress file (``.seg-*``; Flink's FileSource skips names starting with
+``.``) and rolls it every ``events.roll_seconds`` or ``events.roll_events`` by an
+atomic rename to ``events-<ms>-<pid>-<seq>.jsonl``, so a reader never sees half a
+segment. Names sort by time, so replaying a spool in name order is replaying it in
+write order. In production the log is a Kafka topic with the same JSON values.
+
+Example::
+
+    log = SpoolWriter(Path("var/events/spool"), roll_seconds=1.0, roll_events=500)
+    event = new_event(user_id=42, movie_id=1193, rating=4.5)
+    log.append(event)           # visible to the stream job within ~1 s
+    parse_event(event.to_json()) == event
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+FIELDS = ("event_id", "user_id", "movie_id", "rating", "ts")
+RATING_MIN, RATING_MAX, RATING_STEP = 0.5, 5.0, 0.5  # MovieLens stars (ML-1M uses whole stars only)
+MAX_EVENT_ID = 128
+SEGMENT_PREFIX, SEGMENT_SUFFIX, IN_PROGRESS_PREFIX = "events-", ".jsonl", ".seg-"
+
+
+class EventError(ValueError):
+    """An event that breaks the schema; the message is the dead-letter reason."""
+
+
+@dataclass(frozen=True)
+class RatingEvent:
+    event_id: str
+    user_id: int
+    movie_id: int
+    rating: float
+    ts: int  # seconds since the epoch, like MovieLens timestamps
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+def _int_field(name: str, value: Any, minimum: int) -> int:
+    # bool is an int in Python and 4.0 is a float in JSON: both are refused, ids are integers.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EventError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise EventError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_rating(value: Any) -> float:
+    """A rating is a number in 0.5..5 in half-star steps."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise EventError(f"rating must be a number, got {value!r}")
+    if not RATING_MIN <= value <= RATING_MAX or (value / RATING_STEP) != round(value / RATING_STEP):
+        raise EventError(f"rating must be between {RATING_MIN} and {RATING_MAX} in steps of {RATING_STEP}, got {value}")
+    return float(value)
+
+
+def _check_event_id(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_EVENT_ID:
+        raise EventError(f"event_id must be a non-empty string of at most {MAX_EVENT_ID} characters, got {value!r}")
+    return value
+
+
+def new_event(user_id: int, movie_id: int, rating: float, ts: int | None = None,
+              event_id: str | None = None) -> RatingEvent:
+    """A validated event with a fresh id (``ts`` defaults to now)."""
+    return RatingEvent(event_id=_check_event_id(event_id) if event_id is not None else uuid.uuid4().hex,
+                       user_id=_int_field("user_id", user_id, 1), movie_id=_int_field("movie_id", movie_id, 1),
+                       rating=check_rating(rating),
+                       ts=_int_field("ts", int(time.time()) if ts is None else ts, 0))
+
+
+def parse_event(raw: str | bytes) -> RatingEvent:
+    """One log line -> event; anything else raises ``EventError`` saying what is wrong."""
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise EventError(f"not a JSON object: {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(FIELDS))
+    if unknown:
+        raise EventError(f"unknown field(s): {', '.join(unknown)}")
+    missing = [f for f in FIELDS if f not in obj]
+    if missing:
+        raise EventError(f"missing field(s): {', '.join(missing)}")
+    return RatingEvent(event_id=_check_event_id(obj["event_id"]), user_id=_int_field("user_id", obj["user_id"], 1),
+                       movie_id=_int_field("movie_id", obj["movie_id"], 1), rating=check_rating(obj["rating"]),
+                       ts=_int_field("ts", obj["ts"], 0))
+
+
+def dead_letter_line(raw: str | bytes, reason: str) -> str:
+    """The dead-letter record of a bad line: the raw text, the reason and when it was seen."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return json.dumps({"raw": text, "error": reason, "seen_at": time.time()}, separators=(",", ":"))
+
+
+# --- where the log lives ----------------------------------------------------------------
+def spool_dir(cfg: Any) -> Path:
+    from pipeline.home import Home
+
+    return Path(cfg.events.spool_dir) if cfg.events.spool_dir else Home(cfg.home).spool
+
+
+def dead_letter_dir(cfg: Any) -> Path:
+    from pipeline.home import Home
+
+    return Path(cfg.events.dead_letter_dir) if cfg.events.dead_letter_dir else Home(cfg.home).dead_letter
+
+
+class EventLog(Protocol):
+    def append(self, event: RatingEvent) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SpoolWriter:
+    """Thread-safe appender of rolled JSON-lines segments (see the module docstring)."""
+
+    def __init__(self, directory: Path, roll_seconds: float = 1.0, roll_events: int = 500) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.roll_seconds, self.roll_events = roll_seconds, roll_events
+        self._lock = threading.Lock()
+        self._file: Any = None
+        self._path: Path | None = None
+        self._count = 0
+        self._opened = 0.0
+        self._seq = 0
+        self._closed = threading.Event()
+        recover_orphans(self.directory)
+        self._timer = threading.Thread(target=self._roll_on_time, name="spool-roller", daemon=True)
+        self._timer.start()
+
+    def append(self, event: RatingEvent) -> None:
+        line = event.to_json() + "\n"
+        with self._lock:
+            if self._closed.is_set():
+                raise RuntimeError("the event spool is closed")
+            if self._file is None:
+                self._seq += 1
+                self._path = self.directory / f"{IN_PROGRESS_PREFIX}{os.getpid()}-{self._seq:06d}"
+                self._file = open(self._path, "a", encoding="utf-8")
+                self._opened = time.monotonic()
+            self._file.write(line)
+            self._file.flush()  # accepted = in the OS page cache; a crashed process's segment is recovered
+            self._count += 1
+            if self._count >= self.roll_events:
+                self._roll()
+
+    def _roll(self) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        final = self.directory / f"{SEGMENT_PREFIX}{int(time.time() * 1000):013d}-{os.getpid()}-{self._seq:06d}{SEGMENT_SUFFIX}"
+        os.rename(self._path, final)  # type: ignore[arg-type]
+        self._file, self._path, self._count = None, None, 0
+
+    def flush(self) -> None:
+        """Close the open segment now (tests and shutdown; normally time or size rolls it)."""
+        with self._lock:
+            self._roll()
+
+    def _roll_on_time(self) -> None:
+        while not self._closed.wait(min(0.25, self.roll_seconds / 4)):
+            with self._lock:
+                if self._file is not None and time.monotonic() - self._opened >= self.roll_seconds:
+                    self._roll()
+
+    def close(self) -> None:
+        with self._lock:
+            self._roll()
+            self._closed.set()
+
+
+def recover_orphans(directory: Path) -> list[Path]:
+    """Publish in-progress segments left by dead writer processes (their events were accepted)."""
+    recovered = []
+    for path in sorted(directory.glob(f"{IN_PROGRESS_PREFIX}*")):
+        pid = int(path.name[len(IN_PROGRESS_PREFIX):].split("-")[0] or 0)
+        if pid and _alive(pid):
+            continue
+        final = directory / f"{SEGMENT_PREFIX}{int(path.stat().st_mtime * 1000):013d}-{pid}-r{path.name.rsplit('-', 1)[-1]}{SEGMENT_SUFFIX}"
+        os.rename(path, final)
+        recovered.append(final)
+    return recovered
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def segments(directory: Path) -> list[Path]:
+    """Visible segments in write order."""
+    return sorted(p for p in Path(directory).glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"))
+
+
+def read_spool(directory: Path) -> Iterator[str]:
+    """Every line of every visible segment, in write order (replays, tests, benchmarks)."""
+    for path in segments(directory):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield line.rstrip("\n")
+
+
+def open_event_log(cfg: Any) -> EventLog:
+    """The configured event log: the spool (embedded default) or a Kafka producer."""
+    if cfg.events.log == "kafka":
+        return KafkaEventLog(cfg.events.kafka_bootstrap, cfg.events.kafka_topic)
+    return SpoolWriter(spool_dir(cfg), cfg.events.roll_seconds, cfg.events.roll_events)
+
+
+class KafkaEventLog:
+    """Production event log: one Kafka record per event, keyed by user (per-user order is kept)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        if not bootstrap:
+            raise ValueError("events.log = 'kafka' needs events.kafka_bootstrap (host:port,...)")
+        try:
+            from kafka import KafkaProducer  # type: ignore[import-not-found]
+        except ImportError:
+            raise ValueError("events.log = 'kafka' needs the kafka-python package: pip install kafka-python") from None
+        self.topic = topic
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all")
+
+    def append(self, event: RatingEvent) -> None:
+        self.producer.send(self.topic, key=str(event.user_id).encode(), value=event.to_json().encode()).get(timeout=5)
+
+    def close(self) -> None:
+        self.producer.flush()
+        self.producer.close()
