@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HOME_DIR ?= ./var
 
-.PHONY: help venv demo test test-fast bench clean check-jdk
+.PHONY: help venv demo test test-fast bench clean check-jdk proto
 
 help:
 	@echo "make demo   - synthetic data -> Spark batch plane -> Redis, prints recall lists"
@@ -42,6 +42,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.batch_bench
+
+# Regenerate the gRPC code of recsys.v1 from serving/protos (a test checks it is up to date).
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. serving/protos/recsys/v1/recommender.proto
 
 clean:
 	rm -rf $(HOME_DIR)

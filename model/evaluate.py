@@ -161,7 +161,8 @@ def run_fn(run_dir: Path) -> Callable[..., dict[str, Any]]:
     return serve
 
 
-def _negatives(data: P1Data, user_ids: list[int], n: int, seed: int) -> dict[int, np.ndarray]:
+def sample_negatives(data: P1Data, user_ids: list[int], n: int, seed: int) -> dict[int, np.ndarray]:
+    """EVALUATION.md's sampled protocol: ``n`` seeded uniform movies each user never rated."""
     rated = pd.concat([data.visible[["user_id", "movie_id"]], data.test.reset_index()[["user_id", "movie_id"]]])
     rated = rated.groupby("user_id")["movie_id"].apply(lambda s: set(s.tolist()))
     out = {}
@@ -172,17 +173,23 @@ def _negatives(data: P1Data, user_ids: list[int], n: int, seed: int) -> dict[int
     return out
 
 
-def evaluate_scorers(data: P1Data, scorers: list[Scorer], max_users: int | None = None, k: int = 10,
-                     n_negatives: int = 100, seed: int = 0, batch_users: int = 8,
-                     on_progress: Callable[[str, int, int], None] | None = None) -> list[Row]:
+def sample_users(data: P1Data, max_users: int | None, seed: int = 0) -> list[int]:
+    """The evaluated test users: all, or a seeded sample (the same sample for every scorer and the gateway)."""
     test_users = sorted(int(u) for u in data.test.index)
     if max_users and max_users < len(test_users):
         rng = np.random.default_rng(seed)
         test_users = sorted(rng.choice(test_users, size=max_users, replace=False).tolist())
+    return test_users
+
+
+def evaluate_scorers(data: P1Data, scorers: list[Scorer], max_users: int | None = None, k: int = 10,
+                     n_negatives: int = 100, seed: int = 0, batch_users: int = 8,
+                     on_progress: Callable[[str, int, int], None] | None = None) -> list[Row]:
+    test_users = sample_users(data, max_users, seed)
     vis = data.visible.groupby("user_id")
     rows_by_user = {u: UserRow(u, g["movie_id"].to_numpy(np.int64), g["rating"].to_numpy(np.float32))
                     for u, g in vis if u in set(test_users)}
-    negatives = _negatives(data, test_users, n_negatives, seed)
+    negatives = sample_negatives(data, test_users, n_negatives, seed)
     pos_of = data.catalogue.positions
     out: list[Row] = []
     for scorer in scorers:
@@ -221,7 +228,7 @@ def cold_movie_row(scorer: SignatureScorer, data: P1Data, test_users: list[int],
                    n_negatives: int = 100, seed: int = 0) -> Row:
     """Sampled protocol with the test movie shown as a brand-new movie (no id, no statistics)."""
     t0 = time.perf_counter()
-    negatives = _negatives(data, test_users, n_negatives, seed)
+    negatives = sample_negatives(data, test_users, n_negatives, seed)
     vis = data.visible.groupby("user_id")
     hr, ndcg = [], []
     for u in test_users:

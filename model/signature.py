@@ -58,6 +58,8 @@ class UserInput:
     occupation: str = ""
     history: Sequence[tuple[int, float]] = field(default_factory=list)  # (movie_id, rating), oldest first
     interest_genres: Sequence[str] = field(default_factory=list)        # used when the history is empty
+    n_ratings: float | None = None    # all ratings so far (default: len(history), which may be truncated)
+    mean_rating: float | None = None  # their mean (default: the mean over ``history``)
 
 
 @dataclass
@@ -85,8 +87,9 @@ def build_request(user: UserInput, movies: MovieInputs, history_len: int, title_
         "age_bucket": np.array([user.age_bucket or 0], np.int64),
         "gender": np.array([user.gender or ""], object),
         "occupation": np.array([user.occupation or ""], object),
-        "user_n_ratings": np.array([len(user.history)], np.float32),
-        "user_mean_rating": np.array([float(np.mean([r for _, r in user.history])) if user.history else 0.0], np.float32),
+        "user_n_ratings": np.array([len(user.history) if user.n_ratings is None else user.n_ratings], np.float32),
+        "user_mean_rating": np.array([user.mean_rating if user.mean_rating is not None else
+                                      float(np.mean([r for _, r in user.history])) if user.history else 0.0], np.float32),
         "hist_movie_ids": left_pad([[m for m, _ in hist]], history_len, np.int64),
         "hist_ratings": left_pad([ratings], history_len, np.float32),
         "interest_genres": genre_multi_hot([list(user.interest_genres)]),

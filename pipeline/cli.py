@@ -3,8 +3,7 @@
     recsys [--home DIR] [--config FILE] <command> ...
 
 Commands: ``data`` (synth, inspect), ``batch``, ``evaluate``, ``train``, ``export``,
-``explain``, ``redis``, ``config``, ``demo``; ``serve`` and ``stream`` arrive with the
-serving and streaming planes as further sub-parsers of the same tree. Errors a user can
+``explain``, ``serve``, ``stream``, ``redis``, ``config``, ``demo``. Errors a user can
 fix (bad input, bad config, missing data) print one clear line and exit 2; nothing
 prints a traceback unless ``RECSYS_DEBUG=1``.
 """
@@ -21,6 +20,7 @@ from pipeline.commands import demo as demo_cmd
 from pipeline.commands import evaluate as evaluate_cmd
 from pipeline.commands import model as model_cmd
 from pipeline.commands import ops as ops_cmd
+from pipeline.commands import serve as serve_cmd
 from pipeline.commands.ui import UsageError, console, out  # noqa: F401 - `out` is what tests capture
 from pipeline.config import ConfigError
 
@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch = sub.add_parser("batch", help="run the Spark batch plane and publish to Redis")
     batch.add_argument("--data", help="MovieLens directory (default: the home's synthetic data, generated if absent)")
-    batch.add_argument("--split", choices=("none", "p1", "p2"),
-                       help="'p1': hold out each user's last two ratings (leave-one-out); 'p2': a random 10%% (rating prediction)")
+    batch.add_argument("--split", choices=("none", "p1", "p2", "p3"),
+                       help="'p1': hold out each user's last two ratings (leave-one-out); 'p2': a random 10%% (rating "
+                            "prediction); 'p3': the latest 10%% of the timeline, for streaming replay")
     batch.add_argument("--steps", help="comma-separated subset of ingest,prepare,features,recall,samples,publish")
     batch.add_argument("--version", help="rerun --steps inside this existing batch version")
     batch.add_argument("--on-bad-rows", choices=("fail", "skip"), help="malformed input rows: fail (default) or skip")
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--runs", help="(model) comma-separated training runs to add as rows, e.g. ablations")
     evaluate.add_argument("--no-baselines", action="store_true", help="(model) skip popularity, item-kNN and MF")
     evaluate.add_argument("--cold", action="store_true", help="(model) add the cold-start user and movie slices")
+    evaluate.add_argument("--gateway", nargs="?", const="embedded", metavar="HOST:PORT",
+                          help="(model) add P1 through the serving path (Recommend/Rank over gRPC): a running "
+                               "gateway at HOST:PORT, or without a value one started here for the home")
     evaluate.add_argument("--k", type=int, default=10)
     evaluate.add_argument("--max-users", type=int, help="evaluate a seeded sample of users (P2: of test ratings)")
     evaluate.add_argument("--json", help="also write the table as JSON here")
@@ -88,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--out", help="PNG path (default <home>/explain/user-<U>.png)")
     xp.set_defaults(func=model_cmd.cmd_explain)
 
+    sv = sub.add_parser("serve", help="Redis + model server + gateway (gRPC recsys.v1.Recommender, HTTP /api) until Ctrl-C")
+    sv.add_argument("--bind", help="listen address (default serving.bind, 0.0.0.0)")
+    sv.add_argument("--grpc-port", type=int, help="gRPC port (default serving.grpc_port, 50051)")
+    sv.add_argument("--http-port", type=int, help="HTTP port (default serving.http_port, 8080)")
+    sv.add_argument("--model-server", help="host:port of a TensorFlow Serving instead of the embedded model server")
+    sv.set_defaults(func=serve_cmd.cmd_serve)
+
     red = sub.add_parser("redis", help="the home's embedded redis-server")
     red.add_argument("action", choices=("start", "stop", "status"))
     red.set_defaults(func=ops_cmd.cmd_redis)
@@ -96,13 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("action", choices=("show", "sample"))
     conf.set_defaults(func=ops_cmd.cmd_config)
 
-    demo = sub.add_parser("demo", help="synthetic data -> batch plane -> Redis, then recall lists for a few users")
+    st = sub.add_parser("stream", help="the Flink job: rating events -> online features in Redis, until Ctrl-C")
+    st.add_argument("--from-start", "--no-restore", dest="from_start", action="store_true",
+                    help="ignore retained checkpoints: empty state, the whole spool again (Redis values are rewritten)")
+    st.add_argument("--until-idle", type=float, metavar="SECONDS",
+                    help="stop once every spool line is consumed and nothing new arrived for SECONDS")
+    st.add_argument("--max-seconds", type=float, metavar="SECONDS", help="stop after SECONDS")
+    from pipeline.commands import stream as stream_cmd  # imported here: this block is the stream plane's part of cli.py
+
+    st.set_defaults(func=stream_cmd.cmd_stream)
+
+    demo = sub.add_parser("demo", help="synthetic data -> batch -> ranker -> serving + stream, end to end")
     demo.add_argument("--data", help="use this MovieLens directory instead of synthetic data")
     demo.add_argument("--users", type=int, default=6040)
     demo.add_argument("--movies", type=int, default=3883)
     demo.add_argument("--ratings", type=int, default=1_000_209)
     demo.add_argument("--show", type=int, default=3, help="how many users to print")
     demo.add_argument("--k", type=int, default=10)
+    demo.add_argument("--epochs", type=int, default=1, help="epochs of the demo ranker")
+    demo.add_argument("--train-examples", type=int, default=200_000, help="examples the demo ranker trains on (0 = all)")
+    demo.add_argument("--replay", type=int, default=5, help="held-back ratings of one user replayed through the stream")
+    demo.add_argument("--no-stream", action="store_true", help="skip the stream part")
     demo.set_defaults(func=demo_cmd.cmd_demo)
     return parser
 

@@ -64,9 +64,10 @@ class DataConfig:
     on_bad_rows: str = _f("fail", "What a malformed input row does: 'fail' names the file and line; 'skip' counts and drops it.", ("fail", "skip"))
     min_movie_ratings: int = _f(5, "5-core filter (EVALUATION.md): movies with fewer ratings are dropped first ...")
     min_user_ratings: int = _f(5, "... then users with fewer ratings (one pass).")
-    split: str = _f("none", "'none' trains on everything (serving); 'p1' holds out each user's last two events (leave-one-out evaluation); 'p2' holds out a seeded random 10% of ratings (rating-prediction evaluation).", ("none", "p1", "p2"))
+    split: str = _f("none", "'none' trains on everything (serving); 'p1' holds out each user's last two events (leave-one-out evaluation); 'p2' holds out a seeded random 10% of ratings (rating-prediction evaluation); 'p3' holds out every event after the 90th-percentile timestamp for streaming replay.", ("none", "p1", "p2", "p3"))
     p2_test_fraction: float = _f(0.1, "P2: share of ratings held out as test (seeded by samples.seed).")
     p2_val_fraction: float = _f(0.05, "P2: share of ratings held out for early stopping.")
+    p3_replay_fraction: float = _f(0.1, "P3: share of the timeline (latest events) held out and replayed through the gateway.")
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,7 @@ class ServingConfig:
     candidates: int = _f(400, "How many merged recall candidates are ranked per Recommend call.")
     recall_weight: float = _f(0.0, "Blend: final = model score + recall_weight * normalised recall score.")
     genre_cap: float = _f(0.5, "Most of a Recommend list one genre may fill (share of k; 1.0 = no cap).")
+    rank_cold_start: bool = _f(False, "Re-rank cold-start users' lists with the model (off: their recall order stands; the model's cold-user slice measured below popularity).")
     max_k: int = _f(100, "Largest k a caller may ask for.")
     version_check_seconds: float = _f(1.0, "How often the gateway checks Redis for a newly published batch version.")
 
@@ -224,6 +226,7 @@ class StreamConfig:
     trending_slide_minutes: int = _f(5, "... and how often it slides.")
     sink_batch: int = _f(200, "Redis writes buffered into one pipeline before a flush (and at every checkpoint).")
     dedup_ttl_hours: int = _f(72, "How long a seen event id is remembered (replays within it count once).")
+    reorder_events: int = _f(64, "Per user, how many latest events are kept to re-apply in time order when events arrive out of order (spool segments of a backlog are read in no fixed order).")
 
 
 @dataclass(frozen=True)
@@ -341,7 +344,8 @@ def _validate(cfg: Config) -> None:
                 ("serving", "candidates"), ("serving", "max_k"), ("serving", "max_batch"), ("serving", "genre_cap"),
                 ("serving", "model_poll_seconds"), ("serving", "version_check_seconds"), ("stream", "parallelism"),
                 ("stream", "checkpoint_interval_ms"), ("stream", "monitor_interval_ms"),
-                ("stream", "trending_window_minutes"), ("stream", "trending_slide_minutes"), ("stream", "sink_batch")]
+                ("stream", "trending_window_minutes"), ("stream", "trending_slide_minutes"), ("stream", "sink_batch"),
+                ("stream", "reorder_events")]
     for section, key in positive:
         if getattr(getattr(cfg, section), key) <= 0:
             raise ConfigError(f"{section}.{key} must be positive, got {getattr(getattr(cfg, section), key)}")

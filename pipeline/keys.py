@@ -114,6 +114,14 @@ class Keys:
         """ZSET: movie_id -> live rating count in the sliding window."""
         return f"{self.base}:online:trending"
 
+    def online_movie(self, movie_id: int) -> str:
+        """HASH: online movie statistics (n_ratings, mean_rating, last_ts, window_ratings), JSON fields."""
+        return f"{self.base}:online:movie:{int(movie_id)}"
+
+    def stream_stats(self) -> str:
+        """HASH: the stream job's progress counters, one field per counter and shard (see KEYS.md)."""
+        return f"{self.base}:online:stats"
+
 
 def _check(name: str, allowed: Sequence[str]) -> None:
     if name not in allowed:

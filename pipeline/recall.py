@@ -110,7 +110,8 @@ def als(ctx: RecallContext, store: RecallStore, quota: int, recent: int) -> Scor
     return _take(store.user_list("als", ctx.user_id), ctx.exclude, quota)
 
 
-def _interleave(lists: Sequence[Scored], exclude: set[int], quota: int) -> Scored:
+def interleave(lists: Sequence[Scored], exclude: set[int], quota: int) -> Scored:
+    """Round-robin over several lists (first of each, then second of each, ...), de-duplicated."""
     merged = []
     for rank in range(max((len(x) for x in lists), default=0)):
         for lst in lists:
@@ -123,7 +124,7 @@ def _interleave(lists: Sequence[Scored], exclude: set[int], quota: int) -> Score
 def genre_popular(ctx: RecallContext, store: RecallStore, quota: int, recent: int) -> Scored:
     """Popular movies in the user's strongest genres (or their declared interests)."""
     genres = ctx.top_genres[:3]
-    return _interleave([store.global_list(K.list_popular(g)) for g in genres], ctx.exclude, quota)
+    return interleave([store.global_list(K.list_popular(g)) for g in genres], ctx.exclude, quota)
 
 
 def demographic_popular(ctx: RecallContext, store: RecallStore, quota: int, recent: int) -> Scored:
@@ -141,7 +142,7 @@ def popular(ctx: RecallContext, store: RecallStore, quota: int, recent: int) -> 
 def toprated(ctx: RecallContext, store: RecallStore, quota: int, recent: int) -> Scored:
     """Highest Bayesian-mean rating overall (and in the user's genres)."""
     lists = [store.global_list(K.list_toprated(g)) for g in ctx.top_genres[:2]] + [store.global_list(K.list_toprated())]
-    return _interleave(lists, ctx.exclude, quota)
+    return interleave(lists, ctx.exclude, quota)
 
 
 def trending(ctx: RecallContext, store: RecallStore, quota: int, recent: int) -> Scored:

@@ -9,6 +9,9 @@ users), each user's sequence ordered by time with file order breaking ties, and 
   request time is ``train + val``.
 * ``data.split = "p2"``: a seeded random 10% of ratings ``test`` and 5% ``val``
   (the rating-prediction split); fitting as under P1.
+* ``data.split = "p3"``: every event at or after the timestamp at the 90th percentile
+  is ``test`` (replayed through the gateway by ``recsys evaluate --protocol p3``); before
+  it, each user's last event is ``val`` and the rest ``train``.
 * ``data.split = "none"`` (serving): last interaction ``val`` (early stopping of the
   ranking model only), the rest ``train``; everything is fitted and served.
 
@@ -58,6 +61,13 @@ def build_interactions(ratings, cfg: Config):  # noqa: ANN001, ANN201
         u = (F.abs(F.xxhash64("user_id", "movie_id", "ts", F.lit(cfg.samples.seed))) % 1_000_000) / 1_000_000.0
         split = (F.when(u < cfg.data.p2_test_fraction, "test")
                  .when(u < cfg.data.p2_test_fraction + cfg.data.p2_val_fraction, "val").otherwise("train"))
+    elif cfg.data.split == "p3":
+        # Streaming replay (EVALUATION.md P3): events from the timestamp at the 90th percentile on are
+        # replayed live; before it, each user's last event validates and the rest trains.
+        cutoff = r.approxQuantile("ts", [1.0 - cfg.data.p3_replay_fraction], 0.0)[0]
+        last_before = F.max(F.when(F.col("ts") < F.lit(cutoff), F.col("pos"))).over(Window.partitionBy("user_id"))
+        split = (F.when(F.col("ts") >= F.lit(cutoff), "test").when(F.col("pos") == last_before, "val")
+                 .otherwise("train"))
     else:
         split = F.when(from_end == 0, "val").otherwise("train")
     return r.withColumn("split", split).select("user_id", "movie_id", "rating", "ts", "line", "pos",

@@ -69,7 +69,7 @@ def _evaluate_model(cfg: Config, args: argparse.Namespace):  # noqa: ANN202
     for run in (args.runs.split(",") if args.runs else []):
         scorers.append(mev.SignatureScorer(f"run {run}", mev.run_fn(runs_dir(home) / run), data, hl, tl))
         run_of[f"run {run}"] = run
-    if not scorers:
+    if not scorers and not args.gateway:
         raise UsageError("no exported model (recsys export) and no --runs: nothing to evaluate")
     if not args.no_baselines:
         scorers += mev.baselines(data, home)
@@ -78,8 +78,10 @@ def _evaluate_model(cfg: Config, args: argparse.Namespace):  # noqa: ANN202
         rows = mev.evaluate_scorers(data, scorers, max_users=args.max_users, k=args.k,
                                     on_progress=lambda name, i, n: progress.update(task, description=name, completed=i, total=n))
         if args.cold and versions:
-            users = sorted(int(u) for u in data.test.index)[: args.max_users or None]
+            users = mev.sample_users(data, args.max_users)
             rows.append(mev.cold_movie_row(scorers[0], data, users, k=args.k))
+    if args.gateway:
+        rows.append(_gateway_row(cfg, data, args))
     report = Report(rows=rows, info={"batch_version": data.version, "users": min(args.max_users or 10**9, len(data.test)),
                                      "protocol": "P1", "catalogue": int(len(data.catalogue.movie_ids))})
     for row in report.rows:
@@ -87,3 +89,29 @@ def _evaluate_model(cfg: Config, args: argparse.Namespace):  # noqa: ANN202
         if summary.exists():
             row.metrics["train seconds"] = json.loads(summary.read_text())["train_seconds"]
     return report
+
+
+def _gateway_row(cfg: Config, data, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    """The same users through the serving path: a running gateway, or one started here for the home."""
+    import contextlib
+
+    import grpc
+
+    from serving.app import serving_stack, wait_for_model
+    from serving.evaluate import evaluate_gateway
+    from serving.protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+    with contextlib.ExitStack() as stack:
+        if args.gateway == "embedded":
+            running = stack.enter_context(serving_stack(cfg.replace("serving", bind="127.0.0.1", grpc_port=0, http_port=0,
+                                                                    model_port=0)))
+            target = running.grpc_target
+            wait_for_model(running)
+        else:
+            target = args.gateway
+        channel = stack.enter_context(grpc.insecure_channel(target))
+        with progress_bar() as progress:
+            task = progress.add_task(f"P1 through the gateway at {target}", total=None)
+            return evaluate_gateway(data, pb_grpc.RecommenderStub(channel), max_users=args.max_users, k=args.k,
+                                    on_progress=lambda i, n: progress.update(task, completed=i, total=n))
+

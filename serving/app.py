@@ -1,0 +1,131 @@
+"""Wiring of the serving plane for one home: Redis, the model server and the gateway.
+
+``start_gateway`` runs the gateway (gRPC + HTTP) in this process against a Redis URL
+and a model-server target. ``serving_stack`` adds what the embedded default needs: the
+home's redis-server (unless ``redis.url`` is set) and the project's model server as a
+child process (unless ``serving.model_server`` points at a TensorFlow Serving). The
+model server lives in its own process so that the gateway outlives its crashes and
+restarts, exactly as it would with a remote TF Serving.
+
+Example::
+
+    with serving_stack(cfg) as stack:
+        print(stack.grpc_port, stack.http_port)
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import redis
+
+from pipeline.config import Config
+from pipeline.events import EventLog, open_event_log
+from pipeline.home import Home
+from serving.gateway import Gateway
+from serving.grpc_api import start_grpc
+from serving.http_api import start_http
+from serving.metrics import GatewayMetrics
+from serving.ranking_client import RankingClient
+
+log = logging.getLogger("recsys.serve")
+
+
+def gateway_redis(url: str, timeout_ms: int) -> redis.Redis:
+    """A Redis client whose calls fail fast (the gateway's fallbacks answer instead of waiting)."""
+    seconds = timeout_ms / 1000.0
+    return redis.Redis.from_url(url, socket_timeout=seconds, socket_connect_timeout=seconds,
+                                max_connections=64, single_connection_client=False)
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    grpc_port: int
+    http_port: int
+    grpc_server: Any
+    http_server: Any
+    events: EventLog | None
+    model_target: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.grpc_server.stop(grace).wait()
+        self.http_server.shutdown()
+        self.http_server.server_close()
+        self.gateway.ranking.close()
+        self.gateway.client.close()
+        if self.events is not None:
+            self.events.close()
+
+
+def start_gateway(cfg: Config, redis_url: str, model_target: str, with_events: bool = True) -> RunningGateway:
+    s = cfg.serving
+    client = gateway_redis(redis_url, s.redis_timeout_ms)
+    ranking = RankingClient(model_target, s.model_name, s.model_timeout_ms / 1000.0)
+    events = open_event_log(cfg) if with_events else None
+    gateway = Gateway(cfg, client, ranking, events, GatewayMetrics())
+    grpc_server, grpc_port = start_grpc(gateway, s.bind, s.grpc_port)
+    try:
+        http_server, http_port = start_http(gateway, s.bind, s.http_port)
+    except OSError:
+        grpc_server.stop(0)
+        raise
+    return RunningGateway(gateway, grpc_port, http_port, grpc_server, http_server, events, model_target)
+
+
+def model_base_path(cfg: Config) -> Any:
+    from model.export import model_base
+
+    return model_base(Home(cfg.home), cfg.serving.model_name)
+
+
+@contextmanager
+def serving_stack(cfg: Config) -> Iterator[RunningGateway]:
+    """Redis + model server + gateway for ``cfg.home``; everything started here is stopped on exit."""
+    from pipeline.redis_server import redis_for_home
+    from serving.model_server import spawn_model_server
+
+    s = cfg.serving
+    with ExitStack() as stack:
+        url = stack.enter_context(redis_for_home(cfg))
+        target = s.model_server
+        model = None
+        if not target:
+            base = model_base_path(cfg)
+            base.mkdir(parents=True, exist_ok=True)
+            model = spawn_model_server(base, s.model_name, port=s.model_port, poll_seconds=s.model_poll_seconds,
+                                       max_batch=s.max_batch, batch_timeout_ms=s.batch_timeout_ms,
+                                       log_path=Home(cfg.home).logs / "model-server.log")
+            stack.callback(model.stop)
+            target = f"127.0.0.1:{model.port}"
+        running = start_gateway(cfg, url, target)
+        running.extras.update(redis_url=url, model=model)
+        stack.callback(running.stop)
+        yield running
+
+
+def wait_for_model(running: RunningGateway, timeout: float = 120.0) -> str:
+    """Block until the model server reports an AVAILABLE version (returned); ValueError after ``timeout``."""
+    import time
+
+    from serving.ranking_client import ModelUnavailable
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            version = running.gateway.ranking.model_status(timeout_s=2.0)
+            if version:
+                return version
+        except ModelUnavailable:
+            pass
+        time.sleep(0.3)
+    raise ValueError(f"the model server at {running.model_target} loaded no model in {timeout:.0f} s "
+                     "(is there an export under models/? run `recsys export`)")

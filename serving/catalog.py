@@ -1,0 +1,105 @@
+"""Static movie features of one published batch version, held in the gateway's memory.
+
+Movie features change only when the batch plane publishes, so the gateway loads them
+once per version (a few thousand hashes in a handful of pipelined round trips) and
+answers every request from memory: titles, genres, years, title tokens and rating
+statistics for the model's candidate inputs, and the popular list that answers when
+Redis itself is down (the "last good" fallback).
+
+Example::
+
+    catalog = MovieCatalog.load(store)          # store: pipeline.store.RedisStore
+    catalog.movie_inputs([1, 2, 3])              # -> model.signature.MovieInputs
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from model.signature import MovieInputs
+from pipeline import keys as K
+from pipeline.store import RedisStore
+
+LOAD_CHUNK = 1000  # hashes per pipelined round trip
+
+
+@dataclass(frozen=True)
+class Movie:
+    movie_id: int
+    title: str
+    genres: tuple[str, ...]
+    year: int | None
+    title_tokens: tuple[str, ...]
+    n_ratings: int
+    mean_rating: float
+    bayes_rating: float
+    popularity: float  # log1p(n_ratings), the model's statistic
+
+
+@dataclass
+class MovieCatalog:
+    version: str
+    movies: dict[int, Movie]
+    popular: list[tuple[int, float]] = field(default_factory=list)  # fallback when Redis is down
+    popular_by_genre: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, store: RedisStore) -> "MovieCatalog":
+        ids = json.loads(store.client.get(store.keys.movie_ids(store.version)) or "[]")
+        movies: dict[int, Movie] = {}
+        for start in range(0, len(ids), LOAD_CHUNK):
+            chunk = ids[start:start + LOAD_CHUNK]
+            pipe = store.client.pipeline(transaction=False)
+            for movie_id in chunk:
+                pipe.hgetall(store.keys.movie(store.version, movie_id))
+            for movie_id, raw in zip(chunk, pipe.execute()):
+                if raw:
+                    movies[int(movie_id)] = _movie(int(movie_id), K.decode_fields(raw))
+        from pipeline.schemas import GENRES
+
+        by_genre = {g: store.global_list(K.list_popular(g)) for g in GENRES}
+        return cls(version=store.version, movies=movies, popular=store.global_list(K.list_popular()),
+                   popular_by_genre={g: lst for g, lst in by_genre.items() if lst})
+
+    def __contains__(self, movie_id: int) -> bool:
+        return movie_id in self.movies
+
+    def unknown(self, movie_ids: Sequence[int]) -> list[int]:
+        return [m for m in movie_ids if m not in self.movies]
+
+    def title(self, movie_id: int) -> str:
+        movie = self.movies.get(movie_id)
+        return movie.title if movie else f"movie {movie_id}"
+
+    def genres(self, movie_id: int) -> tuple[str, ...]:
+        movie = self.movies.get(movie_id)
+        return movie.genres if movie else ()
+
+    def movie_inputs(self, movie_ids: Sequence[int]) -> MovieInputs:
+        """The candidates' raw model inputs (unknown ids get empty features: the model's cold-movie path)."""
+        rows = [self.movies.get(m) for m in movie_ids]
+        return MovieInputs(
+            movie_ids=list(movie_ids),
+            genres=[list(r.genres) if r else [] for r in rows],
+            years=[r.year if r else None for r in rows],
+            title_tokens=[list(r.title_tokens) if r else [] for r in rows],
+            popularity=[r.popularity if r else 0.0 for r in rows],
+            mean_rating=[r.mean_rating if r else 0.0 for r in rows],
+            bayes_rating=[r.bayes_rating if r else 0.0 for r in rows],
+        )
+
+
+def _number(value: object, default: float = 0.0) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else default
+
+
+def _movie(movie_id: int, f: dict) -> Movie:
+    n = int(f.get("n_ratings") or 0)
+    return Movie(movie_id=movie_id, title=str(f.get("title") or f"movie {movie_id}"),
+                 genres=tuple(f.get("genres") or ()), year=int(f["year"]) if f.get("year") else None,
+                 title_tokens=tuple(f.get("title_tokens") or ()), n_ratings=n,
+                 mean_rating=_number(f.get("mean_rating")), bayes_rating=_number(f.get("bayes_rating")),
+                 popularity=_number(f.get("popularity"), math.log1p(n)))

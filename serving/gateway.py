@@ -1,0 +1,370 @@
+"""The gateway's logic, independent of transport: recall -> filter -> features -> rank -> blend -> explain.
+
+The gRPC servicer and the HTTP mirror are thin adapters over ``Gateway``; both get
+the same answers, errors and degraded modes.
+
+Dependencies fail; the gateway does not:
+
+* the model server down or slow (``ModelUnavailable``): the merged recall order
+  answers, ``degraded=True``;
+* Redis down or slow (``redis.RedisError``): the popular list of the last batch
+  version seen, held in memory, answers, ``degraded=True``;
+* both recover by themselves: the Redis client and the gRPC channel reconnect on the
+  next call.
+
+A user without history (unknown, or known only by demographics) gets the cold-start
+channels. Their order is kept by default rather than re-ranked by the model: the
+model's cold-user slice measured worse than plain popularity (README, "Known
+limits"); ``serving.rank_cold_start`` switches model ranking on for them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+import redis
+
+from model.signature import UserInput, build_request
+from pipeline import keys as K
+from pipeline import recall as R
+from pipeline.config import Config
+from pipeline.events import EventError, EventLog, new_event
+from pipeline.schemas import normalise_genre
+from pipeline.store import NotPublished, RedisStore
+from serving.blend import attention_top, blend, cap_genres, reasons_for
+from serving.catalog import MovieCatalog
+from serving.metrics import GatewayMetrics
+from serving.ranking_client import ModelUnavailable, Ranking, RankingClient
+
+MAX_RANK_IDS = 1000
+DEFAULT_K = 10
+
+
+class InvalidArgument(ValueError):
+    """The caller's request is wrong; the message names what (gRPC INVALID_ARGUMENT, HTTP 400)."""
+
+
+class NotFound(LookupError):
+    """A named thing does not exist (gRPC NOT_FOUND, HTTP 404)."""
+
+
+class Unavailable(RuntimeError):
+    """Nothing can answer: no batch version was ever readable (gRPC UNAVAILABLE, HTTP 503)."""
+
+
+@dataclass
+class Item:
+    movie_id: int
+    title: str
+    score: float
+    predicted_rating: float = 0.0
+    sources: list[str] = field(default_factory=list)
+    reason: str = ""
+    genres: list[str] = field(default_factory=list)
+    year: int = 0
+
+
+@dataclass
+class Answer:
+    items: list[Item]
+    model_version: str = ""
+    degraded: bool = False
+    batch_version: str = ""
+    cold_start: bool = False
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (benchmarks, logs)
+
+
+@dataclass
+class BatchView:
+    """One published version: its store (per-version caches) and its movie catalog."""
+
+    store: RedisStore
+    catalog: MovieCatalog
+
+
+class VersionTracker:
+    """The current published version, re-checked at most every ``check_seconds``.
+
+    A new version is loaded (catalog included) before it replaces the old one, so a
+    request never sees half a switch; when Redis cannot be read the last good view stays.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str, check_seconds: float) -> None:
+        self.client, self.prefix, self.check_seconds = client, prefix, check_seconds
+        self._view: BatchView | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def last_good(self) -> BatchView | None:
+        return self._view
+
+    def view(self) -> BatchView:
+        """The current view; raises ``redis.RedisError`` / ``NotPublished`` when none can be read."""
+        now = time.monotonic()
+        if self._view is not None and now - self._checked < self.check_seconds:
+            return self._view
+        with self._lock:
+            if self._view is not None and time.monotonic() - self._checked < self.check_seconds:
+                return self._view
+            raw = self.client.get(K.Keys(self.prefix).current())
+            if not raw:
+                raise NotPublished("nothing published yet: run `recsys batch`")
+            version = raw.decode()
+            if self._view is None or self._view.store.version != version:
+                store = RedisStore(self.client, self.prefix, version=version)
+                self._view = BatchView(store=store, catalog=MovieCatalog.load(store))
+            self._checked = time.monotonic()
+            return self._view
+
+
+class Gateway:
+    def __init__(self, cfg: Config, client: redis.Redis, ranking: RankingClient, events: EventLog | None,
+                 metrics: GatewayMetrics | None = None) -> None:
+        self.cfg, self.client, self.ranking, self.events = cfg, client, ranking, events
+        self.metrics = metrics or GatewayMetrics()
+        self.versions = VersionTracker(client, cfg.redis.key_prefix, cfg.serving.version_check_seconds)
+        self.recall_cfg = replace(cfg.recall, merged_size=cfg.serving.candidates)
+        self.history_len = cfg.samples.history_len
+        self.title_len = cfg.features.title_max_tokens
+
+    # --- validation -----------------------------------------------------------------------
+    def _k(self, k: int) -> int:
+        if k == 0:
+            return DEFAULT_K
+        if not 1 <= k <= self.cfg.serving.max_k:
+            raise InvalidArgument(f"k must be between 1 and {self.cfg.serving.max_k}, got {k}")
+        return k
+
+    @staticmethod
+    def _id(name: str, value: int) -> int:
+        if value < 1:
+            raise InvalidArgument(f"{name} must be a positive integer, got {value}")
+        return int(value)
+
+    @staticmethod
+    def _genres(genres: Sequence[str]) -> list[str]:
+        out = []
+        for g in genres:
+            try:
+                name = normalise_genre(g)
+            except ValueError:
+                raise InvalidArgument(f"unknown genre {g!r}") from None
+            if name and name not in out:
+                out.append(name)
+        return out
+
+    # --- dependencies ---------------------------------------------------------------------
+    def _view_or_fallback(self) -> tuple[BatchView | None, bool]:
+        """(view, degraded): the current view, or the last good one when Redis fails."""
+        try:
+            return self.versions.view(), False
+        except NotPublished as exc:
+            raise Unavailable(str(exc)) from None
+        except redis.RedisError:
+            last = self.versions.last_good
+            if last is None:
+                raise Unavailable("Redis is unreachable and no published version was read before") from None
+            return last, True
+
+    def _rank(self, request: dict[str, np.ndarray], deadline: float | None) -> Ranking:
+        remaining = None if deadline is None else max(0.001, deadline - time.monotonic() - 0.005)
+        result = self.ranking.rank(request, timeout_s=remaining)
+        self.metrics.set_model_version(result.model_version)
+        return result
+
+    def _user_input(self, user_id: int, ctx: R.RecallContext, feats: dict[str, Any]) -> UserInput:
+        n_batch = feats.get("n_ratings")
+        return UserInput(user_id=user_id, age_bucket=int(feats.get("age_bucket") or 0), gender=feats.get("gender") or "",
+                         occupation=feats.get("occupation") or "", history=[(m, r) for m, r, _ in ctx.history],
+                         interest_genres=list(ctx.top_genres),
+                         n_ratings=max(float(n_batch or 0), float(len(ctx.history))) if ctx.history else 0.0,
+                         mean_rating=float(np.mean([r for _, r, _ in ctx.history])) if ctx.history else 0.0)
+
+    # --- Recommend ------------------------------------------------------------------------
+    def recommend(self, user_id: int, k: int = 0, exclude_seen: bool = True, genres: Sequence[str] = (),
+                  explain: bool = True, deadline: float | None = None) -> Answer:
+        started = time.perf_counter()
+        user_id, k, wanted = self._id("user_id", user_id), self._k(k), self._genres(genres)
+        view, degraded = self._view_or_fallback()
+        if degraded:
+            return self._popular_answer(view, k, wanted, "recommend", started)
+        stages: dict[str, float] = {}
+        try:
+            t = time.perf_counter()
+            ctx, feats = view.store.user_context(user_id, history_len=self.cfg.features.history_len)
+            stages["features"] = time.perf_counter() - t
+            t = time.perf_counter()
+            if not exclude_seen:
+                ctx.exclude = set()
+            if wanted:
+                ctx.top_genres = wanted
+            per_channel = R.run_channels(ctx, view.store, self.recall_cfg)
+            if wanted and "genre_popular" not in per_channel:
+                per_channel["genre_popular"] = R.genre_popular(ctx, view.store, self.recall_cfg.merged_size, 0)
+            candidates = R.fuse(per_channel, self.recall_cfg.merged_size)
+            if wanted:
+                candidates = [c for c in candidates if set(view.catalog.genres(c.movie_id)) & set(wanted)]
+            stages["recall"] = time.perf_counter() - t
+        except redis.RedisError:
+            self.metrics.degraded.labels("recommend", "redis").inc()
+            return self._popular_answer(view, k, wanted, "recommend", started)
+        self.metrics.candidates.observe(len(candidates))
+        answer = self._rank_and_blend(view, user_id, ctx, feats, candidates, k, explain, deadline, stages)
+        answer.cold_start = ctx.is_cold
+        self._observe(answer, started)
+        return answer
+
+    def _rank_and_blend(self, view: BatchView, user_id: int, ctx: R.RecallContext, feats: dict[str, Any],
+                        candidates: list[R.Candidate], k: int, explain: bool, deadline: float | None,
+                        stages: dict[str, float]) -> Answer:
+        catalog = view.catalog
+        ids = [c.movie_id for c in candidates]
+        ranking: Ranking | None = None
+        degraded = False
+        history_sent = [m for m, _, _ in ctx.history][-self.history_len:]
+        if ids:
+            t = time.perf_counter()
+            request = build_request(self._user_input(user_id, ctx, feats), catalog.movie_inputs(ids),
+                                    self.history_len, self.title_len)
+            try:
+                ranking = self._rank(request, deadline)
+            except ModelUnavailable:
+                degraded = True
+                self.metrics.degraded.labels("recommend", "model").inc()
+            stages["rank"] = time.perf_counter() - t
+        t = time.perf_counter()
+        use_model = ranking is not None and (not ctx.is_cold or self.cfg.serving.rank_cold_start)
+        order = blend([c.score for c in candidates], ranking.score if use_model and ranking else None,
+                      self.cfg.serving.recall_weight)
+        picked = cap_genres(order, lambda i: catalog.genres(ids[i]), k, self.cfg.serving.genre_cap)
+        watched: dict[int, int | None] = {}
+        if explain and ranking is not None and history_sent:
+            watched = {ids[i]: attention_top(ranking.attention[i], history_sent) for i in picked}
+        reasons = reasons_for([ids[i] for i in picked], {c.movie_id: c.sources for c in candidates}, catalog.genres,
+                              catalog.title, watched, ctx.top_genres, feats.get("age_bucket"), feats.get("gender")) \
+            if explain else {}
+        items = []
+        for i in picked:
+            m = ids[i]
+            movie = catalog.movies.get(m)
+            items.append(Item(movie_id=m, title=catalog.title(m),
+                              score=float(ranking.score[i]) if use_model and ranking else float(candidates[i].score),
+                              predicted_rating=float(ranking.rating[i]) if ranking else 0.0,
+                              sources=list(candidates[i].sources), reason=reasons.get(m, ""),
+                              genres=list(catalog.genres(m)), year=(movie.year or 0) if movie else 0))
+        stages["blend"] = time.perf_counter() - t
+        return Answer(items=items, model_version=ranking.model_version if ranking else "", degraded=degraded,
+                      batch_version=view.store.version, stages=stages)
+
+    def _popular_answer(self, view: BatchView, k: int, wanted: list[str], method: str, started: float) -> Answer:
+        """Redis is down: the last good popular list (per requested genre when asked)."""
+        self.metrics.degraded.labels(method, "redis").inc()
+        catalog = view.catalog
+        lists = [catalog.popular_by_genre.get(g, []) for g in wanted] if wanted else [catalog.popular]
+        merged = R.interleave(lists, set(), max(k * 3, k))
+        order = cap_genres(list(range(len(merged))), lambda i: catalog.genres(merged[i][0]), k,
+                           self.cfg.serving.genre_cap)
+        items = [Item(movie_id=merged[i][0], title=catalog.title(merged[i][0]), score=float(merged[i][1]),
+                      sources=["popular"], reason="popular with everyone (live data unavailable)",
+                      genres=list(catalog.genres(merged[i][0]))) for i in order]
+        answer = Answer(items=items, degraded=True, batch_version=view.store.version)
+        self._observe(answer, started)
+        return answer
+
+    def _observe(self, answer: Answer, started: float) -> None:
+        for stage, seconds in answer.stages.items():
+            self.metrics.stage.labels(stage).observe(seconds)
+        self.metrics.set_batch_version(answer.batch_version)
+
+    # --- Rank -----------------------------------------------------------------------------
+    def rank(self, user_id: int, movie_ids: Sequence[int], deadline: float | None = None) -> Answer:
+        user_id = self._id("user_id", user_id)
+        if not movie_ids:
+            raise InvalidArgument("movie_ids must not be empty")
+        if len(movie_ids) > MAX_RANK_IDS:
+            raise InvalidArgument(f"at most {MAX_RANK_IDS} movie_ids per call, got {len(movie_ids)}")
+        ids = [self._id("movie_id", m) for m in movie_ids]
+        view, degraded = self._view_or_fallback()
+        unknown = view.catalog.unknown(ids)
+        if unknown:
+            shown = ", ".join(str(m) for m in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+            raise InvalidArgument(f"unknown movie id(s): {shown}")
+        ctx, feats = R.RecallContext(user_id=user_id), {}
+        if not degraded:
+            try:
+                ctx, feats = view.store.user_context(user_id, history_len=self.cfg.features.history_len)
+            except redis.RedisError:
+                degraded = True
+                self.metrics.degraded.labels("rank", "redis").inc()
+        request = build_request(self._user_input(user_id, ctx, feats), view.catalog.movie_inputs(ids),
+                                self.history_len, self.title_len)
+        try:
+            ranking: Ranking | None = self._rank(request, deadline)
+        except ModelUnavailable:
+            ranking, degraded = None, True
+            self.metrics.degraded.labels("rank", "model").inc()
+        items = []
+        for i, m in enumerate(ids):
+            movie = view.catalog.movies[m]
+            items.append(Item(movie_id=m, title=movie.title,
+                              # degraded: popularity orders, the Bayesian mean stands in for the rating
+                              score=float(ranking.score[i]) if ranking else movie.popularity / 10.0,
+                              predicted_rating=float(ranking.rating[i]) if ranking else movie.bayes_rating,
+                              genres=list(movie.genres), year=movie.year or 0))
+        return Answer(items=items, model_version=ranking.model_version if ranking else "", degraded=degraded,
+                      batch_version=view.store.version)
+
+    # --- SimilarMovies ----------------------------------------------------------------------
+    def similar(self, movie_id: int, k: int = 0) -> Answer:
+        movie_id, k = self._id("movie_id", movie_id), self._k(k)
+        view, degraded = self._view_or_fallback()
+        if movie_id not in view.catalog:
+            raise NotFound(f"unknown movie id {movie_id}")
+        scored: list[tuple[int, float]] = []
+        if not degraded:
+            try:
+                scored = view.store.item_lists("similar", [movie_id]).get(movie_id, [])
+            except redis.RedisError:
+                degraded = True
+                self.metrics.degraded.labels("similar", "redis").inc()
+        if degraded:  # same-genre popular movies from memory
+            genres = view.catalog.genres(movie_id)
+            scored = R.interleave([view.catalog.popular_by_genre.get(g, []) for g in genres] or [view.catalog.popular],
+                                   {movie_id}, k)
+        items = [Item(movie_id=m, title=view.catalog.title(m), score=float(s), genres=list(view.catalog.genres(m)),
+                      year=(view.catalog.movies[m].year or 0) if m in view.catalog else 0)
+                 for m, s in scored if m != movie_id][:k]
+        return Answer(items=items, degraded=degraded, batch_version=view.store.version)
+
+    # --- RecordRating -----------------------------------------------------------------------
+    def record_rating(self, user_id: int, movie_id: int, rating: float, timestamp: int | None = None) -> str:
+        if self.events is None:
+            raise Unavailable("this gateway has no event log configured")
+        try:
+            event = new_event(user_id, movie_id, rating, ts=timestamp)
+        except EventError as exc:
+            raise InvalidArgument(str(exc)) from None
+        self.events.append(event)
+        self.metrics.events.inc()
+        return event.event_id
+
+    # --- health ---------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"redis": False, "batch_version": None, "model": False, "model_version": None}
+        try:
+            status["batch_version"] = self.versions.view().store.version
+            status["redis"] = True
+        except (redis.RedisError, NotPublished):
+            pass
+        try:
+            status["model_version"] = self.ranking.model_status()
+            status["model"] = status["model_version"] is not None
+        except ModelUnavailable:
+            pass
+        status["status"] = "ok" if status["redis"] and status["model"] else "degraded"
+        return status

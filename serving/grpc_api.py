@@ -1,0 +1,110 @@
+"""``recsys.v1.Recommender`` over gRPC: a thin adapter from protobuf to ``serving.gateway.Gateway``.
+
+Status codes: INVALID_ARGUMENT for bad requests (the message names the field or ids),
+NOT_FOUND for an unknown movie in SimilarMovies, UNAVAILABLE when nothing can answer,
+DEADLINE_EXCEEDED when the caller's deadline has passed, INTERNAL (logged with the
+traceback) for bugs. The server also carries ``grpc.health.v1`` (SERVING while it can
+answer, degraded or not) and server reflection, so ``grpcurl`` works without the proto.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent import futures
+from typing import Any, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving.gateway import Answer, Gateway, InvalidArgument, NotFound, Unavailable
+from serving.protos.recsys.v1 import recommender_pb2 as pb
+from serving.protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+log = logging.getLogger("recsys.gateway")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+
+
+def to_items(answer: Answer) -> list[pb.Item]:
+    return [pb.Item(movie_id=i.movie_id, title=i.title, score=i.score, predicted_rating=i.predicted_rating,
+                    sources=i.sources, reason=i.reason, genres=i.genres, year=i.year) for i in answer.items]
+
+
+def _deadline(context: grpc.ServicerContext, default_ms: int) -> float:
+    """The call's deadline on the monotonic clock (the caller's, else the configured default)."""
+    remaining = context.time_remaining()
+    return time.monotonic() + (remaining if remaining is not None else default_ms / 1000.0)
+
+
+class RecommenderServicer(pb_grpc.RecommenderServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.default_ms = gateway.cfg.serving.deadline_ms
+
+    def _call(self, method: str, context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
+        metrics = self.gw.metrics
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return fn()
+        except InvalidArgument as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except NotFound as exc:
+            code, message = grpc.StatusCode.NOT_FOUND, str(exc)
+        except Unavailable as exc:
+            code, message = grpc.StatusCode.UNAVAILABLE, str(exc)
+        except Exception:  # a bug: log it, answer INTERNAL, keep serving
+            log.exception("%s failed", method)
+            code, message = grpc.StatusCode.INTERNAL, f"{method} failed; see the gateway log"
+        finally:
+            metrics.requests.labels(method, code.name).inc()
+            metrics.latency.labels(method).observe(time.perf_counter() - start)
+        context.abort(code, message)
+
+    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
+        def run() -> pb.RecommendResponse:
+            answer = self.gw.recommend(
+                request.user_id, request.k, exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
+                genres=list(request.genres), explain=request.explain if request.HasField("explain") else True,
+                deadline=_deadline(context, self.default_ms))
+            return pb.RecommendResponse(items=to_items(answer), model_version=answer.model_version,
+                                        degraded=answer.degraded, batch_version=answer.batch_version,
+                                        cold_start=answer.cold_start)
+        return self._call("Recommend", context, run)
+
+    def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:
+        def run() -> pb.RankResponse:
+            answer = self.gw.rank(request.user_id, list(request.movie_ids), deadline=_deadline(context, self.default_ms))
+            return pb.RankResponse(items=to_items(answer), model_version=answer.model_version, degraded=answer.degraded)
+        return self._call("Rank", context, run)
+
+    def SimilarMovies(self, request: pb.SimilarMoviesRequest, context: grpc.ServicerContext) -> pb.SimilarMoviesResponse:
+        def run() -> pb.SimilarMoviesResponse:
+            answer = self.gw.similar(request.movie_id, request.k)
+            return pb.SimilarMoviesResponse(items=to_items(answer), degraded=answer.degraded)
+        return self._call("SimilarMovies", context, run)
+
+    def RecordRating(self, request: pb.RecordRatingRequest, context: grpc.ServicerContext) -> pb.RecordRatingResponse:
+        def run() -> pb.RecordRatingResponse:
+            ts = request.timestamp if request.HasField("timestamp") else None
+            return pb.RecordRatingResponse(event_id=self.gw.record_rating(request.user_id, request.movie_id,
+                                                                          request.rating, ts))
+        return self._call("RecordRating", context, run)
+
+
+def start_grpc(gateway: Gateway, bind: str, port: int, workers: int = 16) -> tuple[grpc.Server, int]:
+    """Start the gRPC server (Recommender + health + reflection); returns it and the bound port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
+    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(gateway), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{bind}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {bind}:{port} (in use?)")
+    server.start()
+    # The gateway answers (degraded if need be) whenever it runs: health is SERVING for both names.
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, bound

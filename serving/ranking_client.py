@@ -1,0 +1,86 @@
+"""The gateway's client of the model server, through ``tensorflow_serving.apis`` stubs only.
+
+Whatever answers at ``serving.model_server`` (the project's embedded server or a real
+TensorFlow Serving) gets the same ``PredictRequest``: the raw inputs of
+``model.signature`` for one user and a batch of candidates, with a deadline. Any
+failure (down, slow, wrong model) becomes ``ModelUnavailable``, which the gateway
+answers with the recall order (``degraded``). The gRPC channel reconnects by itself
+with a short backoff, so a restarted model server is used again without a gateway
+restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from model.signature import SIGNATURE_NAME
+
+
+class ModelUnavailable(RuntimeError):
+    """The model server did not answer in time or answered with an error."""
+
+
+@dataclass
+class Ranking:
+    score: np.ndarray      # [N]
+    rating: np.ndarray     # [N]
+    attention: np.ndarray  # [N, H]
+    model_version: str
+
+
+# Reconnect quickly after the model server comes back (defaults back off up to 120 s).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+
+
+class RankingClient:
+    def __init__(self, target: str, model_name: str, timeout_s: float) -> None:
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.target, self.model_name, self.timeout_s = target, model_name, timeout_s
+        self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+
+    def rank(self, request: dict[str, np.ndarray], timeout_s: float | None = None) -> Ranking:
+        """One Predict call for B = 1 user and N candidates."""
+        from tensorflow_serving.apis import model_pb2, predict_pb2
+
+        from serving.tensors import from_tensor_proto, to_tensor_proto
+
+        req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=self.model_name,
+                                                                         signature_name=SIGNATURE_NAME))
+        for name, value in request.items():
+            req.inputs[name].CopyFrom(to_tensor_proto(value))
+        try:
+            resp = self.stub.Predict(req, timeout=min(self.timeout_s, timeout_s or self.timeout_s))
+        except grpc.RpcError as exc:
+            raise ModelUnavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}") from None
+        out = {k: from_tensor_proto(v) for k, v in resp.outputs.items()}
+        version = str(resp.model_spec.version.value) if resp.model_spec.HasField("version") else ""
+        return Ranking(score=out["score"][0], rating=out["rating"][0], attention=out["attention"][0],
+                       model_version=version)
+
+    def model_status(self, timeout_s: float | None = None) -> str | None:
+        """The newest AVAILABLE version (ModelService.GetModelStatus), None when none is."""
+        from tensorflow_serving.apis import get_model_status_pb2, model_pb2, model_service_pb2_grpc
+
+        stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        req = get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=self.model_name))
+        try:
+            resp = stub.GetModelStatus(req, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise ModelUnavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}") from None
+        available = [s.version for s in resp.model_version_status
+                     if s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE]
+        return str(max(available)) if available else None
+
+    def close(self) -> None:
+        self.channel.close()
