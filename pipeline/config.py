@@ -349,6 +349,8 @@ def _validate(cfg: Config) -> None:
     for section, key in positive:
         if getattr(getattr(cfg, section), key) <= 0:
             raise ConfigError(f"{section}.{key} must be positive, got {getattr(getattr(cfg, section), key)}")
+    if not 0 < cfg.data.p3_replay_fraction < 1:
+        raise ConfigError(f"data.p3_replay_fraction must be in (0, 1), got {cfg.data.p3_replay_fraction}")
     if not 0 < cfg.serving.genre_cap <= 1:
         raise ConfigError(f"serving.genre_cap must be in (0, 1], got {cfg.serving.genre_cap}")
     if cfg.stream.trending_slide_minutes > cfg.stream.trending_window_minutes:

@@ -61,3 +61,114 @@ def evaluate_gateway(data: Any, stub: Any, max_users: int | None = None, k: int 
                         "RMSE": round(float(np.sqrt(np.mean(err ** 2))), 4) if len(err) else 0.0,
                         "MAE": round(float(np.mean(np.abs(err))), 4) if len(err) else 0.0},
                notes=f"{degraded} degraded answers" if degraded else "")
+
+
+# --- P3: streaming replay ---------------------------------------------------------------------
+def held_back_events(cfg: Any, max_events: int | None) -> Any:
+    """The replayed events of a ``p3`` build, in time order (the first ``max_events``: a contiguous slice)."""
+    import pandas as pd
+
+    from pipeline.evaluate import EvaluationError
+    from pipeline.home import Home, table_path
+
+    home = Home(cfg.home)
+    version = home.current_version()
+    if version is None or home.read_manifest(version).get("split") != "p3":
+        raise EvaluationError("P3 needs a streaming-replay build: run `recsys batch --split p3`, `recsys train` "
+                              "and `recsys export` first")
+    held = pd.read_parquet(table_path(home, version, "interactions"), filters=[("split", "==", "test")],
+                           columns=["user_id", "movie_id", "rating", "ts", "line"])
+    held = held.sort_values(["ts", "line"], kind="stable").reset_index(drop=True)
+    return held.head(max_events) if max_events else held
+
+
+def clear_online_state(client: Any, prefix: str) -> int:
+    """Delete every stream-derived key of the prefix (P3 runs start from the batch state only)."""
+    from pipeline import keys as K
+
+    n = 0
+    for key in client.scan_iter(match=K.Keys(prefix).base + ":online:*", count=1000):
+        n += client.delete(key)
+    return n
+
+
+def replay_p3(stub: Any, events: Any, k: int, after_chunk: Callable[[], None] | None, chunk: int,
+              timeout: float = 30.0, on_progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    """Before each event ``Recommend(user, k)``; then ``RecordRating`` it. ``after_chunk`` runs every ``chunk`` events."""
+    from serving.protos.recsys.v1 import recommender_pb2 as pb
+
+    hits, ndcg, degraded = [], [], 0
+    rows = list(events.itertuples(index=False))
+    for i, e in enumerate(rows):
+        rec = stub.Recommend(pb.RecommendRequest(user_id=int(e.user_id), k=k, explain=False), timeout=timeout)
+        rank = rank_of(int(e.movie_id), [item.movie_id for item in rec.items])
+        hits.append(hit_at_k(rank, k))
+        ndcg.append(ndcg_at_k(rank, k))
+        degraded += int(rec.degraded)
+        stub.RecordRating(pb.RecordRatingRequest(user_id=int(e.user_id), movie_id=int(e.movie_id),
+                                                 rating=float(e.rating), timestamp=int(e.ts)), timeout=timeout)
+        if after_chunk is not None and (i + 1) % chunk == 0:
+            after_chunk()
+        if on_progress:
+            on_progress(i + 1, len(rows))
+    return {f"HR@{k}": round(mean(hits), 4), f"NDCG@{k}": round(mean(ndcg), 4), "events": len(rows),
+            "degraded": degraded}
+
+
+def evaluate_p3(cfg: Any, max_events: int | None = 5000, k: int = 10, chunk: int = 20,
+                on_progress: Callable[[str, int, int], None] | None = None) -> list[Row]:
+    """HR@k of Recommend before each replayed event, with the stream job off, then on.
+
+    Both runs use the same gateway, model and batch publish and start from the same
+    state (online keys cleared). With the stream on, after every ``chunk`` events the
+    replay waits until the job has applied them: on MovieLens a user's next rating
+    comes seconds to minutes later, longer than the job's freshness (see the stream
+    benchmark), so an event's features are visible to that user's later requests
+    except those inside the same chunk.
+    """
+    import grpc
+
+    from flink_jobs.control import start_stream
+    from pipeline.home import Home
+    from serving.app import serving_stack, wait_for_model
+    from serving.protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+    import shutil
+
+    events = held_back_events(cfg, max_events)
+    work = Home(cfg.home).root / "eval" / "p3"
+    rows = []
+    for mode in ("off", "on"):
+        shutil.rmtree(work / mode, ignore_errors=True)
+        run_cfg = (cfg.replace("serving", bind="127.0.0.1", grpc_port=0, http_port=0, model_port=0)
+                   .replace("events", spool_dir=str(work / mode / "spool"), dead_letter_dir=str(work / mode / "dead"),
+                            roll_seconds=0.2)
+                   .replace("stream", checkpoint_dir=str(work / mode / "checkpoints"), monitor_interval_ms=100))
+        t0 = time.perf_counter()
+        with serving_stack(run_cfg) as stack:
+            wait_for_model(stack)
+            clear_online_state(stack.gateway.client, cfg.redis.key_prefix)
+            job = start_stream(run_cfg, restore=False) if mode == "on" else None
+            try:
+                after_chunk = None
+                if job is not None:
+                    recorded = [0]
+
+                    def after_chunk() -> None:
+                        stack.events.flush()  # type: ignore[union-attr]
+                        recorded[0] += chunk
+                        job.wait_until_consumed(timeout=300, expected=recorded[0], checkpoint=False)
+
+                with grpc.insecure_channel(stack.grpc_target) as channel:
+                    metrics = replay_p3(pb_grpc.RecommenderStub(channel), events, k, after_chunk, chunk,
+                                        on_progress=(lambda i, n: on_progress(f"stream {mode}", i, n)) if on_progress else None)
+            finally:
+                if job is not None:
+                    job.stop()
+            clear_online_state(stack.gateway.client, cfg.redis.key_prefix)
+        rows.append(Row(model=f"gateway, stream job {mode}", protocol="P3 replay",
+                        seconds=round(time.perf_counter() - t0, 1),
+                        metrics={f"HR@{k}": metrics[f"HR@{k}"], f"NDCG@{k}": metrics[f"NDCG@{k}"],
+                                 "events": metrics["events"]},
+                        notes=f"{metrics['degraded']} degraded answers" if metrics["degraded"] else ""))
+    return rows

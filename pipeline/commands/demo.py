@@ -65,6 +65,13 @@ def _serve_and_show(cfg: Config, version: str, args: argparse.Namespace, timings
     from serving.protos.recsys.v1 import recommender_pb2 as pb
     from serving.protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 
+    if not args.no_stream:  # a fresh stream for a fresh batch: no spool or checkpoints of an earlier demo
+        import shutil
+
+        from pipeline.events import spool_dir
+
+        shutil.rmtree(spool_dir(cfg), ignore_errors=True)
+        shutil.rmtree(Home(cfg.home).checkpoints, ignore_errors=True)
     with serving_stack(cfg) as stack:
         model_version = wait_for_model(stack)
         console.print(f"[bold]serving[/]: gRPC {stack.grpc_target}, HTTP http://127.0.0.1:{stack.http_port}/, "
@@ -93,7 +100,8 @@ def _stream_part(cfg: Config, version: str, stack: Any, stub: Any, args: argpars
 
     import pandas as pd
 
-    from flink_jobs.control import start_stream_job
+    from flink_jobs.control import start_stream
+    from serving.evaluate import clear_online_state
 
     held = pd.read_parquet(table_path(Home(cfg.home), version, "interactions"), filters=[("split", "==", "test")])
     if held.empty:
@@ -102,10 +110,10 @@ def _stream_part(cfg: Config, version: str, stack: Any, stub: Any, args: argpars
     counts = held.groupby("user_id").size()
     user_id = int(counts[counts >= 3].index[0] if (counts >= 3).any() else counts.index[0])
     events = held[held["user_id"] == user_id].sort_values(["ts", "line"]).head(args.replay)
+    clear_online_state(stack.gateway.client, cfg.redis.key_prefix)
     console.print("[bold]starting the stream job[/] (Flink mini-cluster, spool -> Redis) ...")
-    job = start_stream_job(cfg)
+    job = start_stream(cfg, restore=False)
     try:
-        job.wait_ready(timeout=180)
         before = stub.Recommend(pb.RecommendRequest(user_id=user_id, k=args.k), timeout=10)
         _print_answer(f"before: Recommend(user_id={user_id})", before)
         titles = []
@@ -117,16 +125,11 @@ def _stream_part(cfg: Config, version: str, stack: Any, stub: Any, args: argpars
                       + "; ".join(titles))
         t = time.perf_counter()
         rated = set(events["movie_id"].astype(int))
-        keys, client = stack.gateway.versions.view().store.keys, stack.gateway.client
-        from pipeline.keys import decode_history
-
-        while time.perf_counter() - t < 120 and not rated <= {m for m, _, _ in decode_history(
-                client.get(keys.online_history(user_id)))}:
-            time.sleep(0.2)
+        job.wait_until_consumed(timeout=300, checkpoint=False)  # the first call also waits for the job to start
         fresh = time.perf_counter() - t
         after = stub.Recommend(pb.RecommendRequest(user_id=user_id, k=args.k), timeout=10)
-        _print_answer(f"after: Recommend(user_id={user_id}) - the stream job had the ratings in Redis {fresh:.1f} s "
-                      "after the last RecordRating", after)
+        _print_answer(f"after: Recommend(user_id={user_id}) - in Redis {fresh:.1f} s after the last RecordRating "
+                      "(the first events also wait for the job to start)", after)
         shown_again = rated & {i.movie_id for i in after.items}
         console.print("rated movies in the new list: " + (", ".join(map(str, shown_again)) if shown_again else "none"))
     finally:

@@ -1,0 +1,68 @@
+"""The event schema and the spool: what every writer and the stream job agree on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.events import (EventError, SpoolWriter, new_event, parse_event, read_spool, recover_orphans, segments)
+
+
+def test_new_event_round_trips_and_validates() -> None:
+    event = new_event(7, 1193, 4.5, ts=978300760)
+    assert parse_event(event.to_json()) == event and len(event.event_id) == 32
+    assert new_event(7, 1193, 3).event_id != new_event(7, 1193, 3).event_id
+    for bad, words in [((0, 1, 4.0), "user_id"), ((1, -5, 4.0), "movie_id"), ((1, 1, 5.5), "rating"),
+                       ((1, 1, 3.3), "rating"), ((1, 1, float("nan")), "rating"), ((1, 1, True), "rating")]:
+        with pytest.raises(EventError, match=words):
+            new_event(*bad)
+
+
+@pytest.mark.parametrize("line, words", [
+    ("not json", "not JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"event_id": "a", "user_id": 1, "movie_id": 2, "rating": 4, "ts": 1, "mood": "happy"}', "unknown field(s): mood"),
+    ('{"event_id": "a", "user_id": 1, "movie_id": 2, "rating": 4}', "missing field(s): ts"),
+    ('{"event_id": "a", "user_id": "1", "movie_id": 2, "rating": 4, "ts": 1}', "user_id must be an integer"),
+    ('{"event_id": "a", "user_id": 1, "movie_id": 2.5, "rating": 4, "ts": 1}', "movie_id must be an integer"),
+    ('{"event_id": "a", "user_id": 1, "movie_id": 2, "rating": 0, "ts": 1}', "rating must be between"),
+    ('{"event_id": "", "user_id": 1, "movie_id": 2, "rating": 4, "ts": 1}', "event_id"),
+])
+def test_parse_event_names_the_problem(line: str, words: str) -> None:
+    with pytest.raises(EventError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        parse_event(line)
+
+
+def test_spool_rolls_by_count_and_time_and_never_shows_half_a_segment(tmp_path: Path) -> None:
+    spool = SpoolWriter(tmp_path, roll_seconds=0.3, roll_events=3)
+    events = [new_event(1, 10 + i, 4.0, ts=100 + i) for i in range(4)]
+    for e in events:
+        spool.append(e)
+    assert len(segments(tmp_path)) == 1                      # 3 events: rolled by count
+    assert [parse_event(x) for x in read_spool(tmp_path)] == events[:3]   # the 4th is still in progress, hidden
+    deadline = time.monotonic() + 5
+    while len(segments(tmp_path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [parse_event(x) for x in read_spool(tmp_path)] == events      # rolled by time
+    assert all(p.name.startswith(("events-", ".")) for p in tmp_path.iterdir())
+    spool.close()
+    with pytest.raises(RuntimeError):
+        spool.append(events[0])
+
+
+def test_a_dead_writers_segment_is_recovered(tmp_path: Path) -> None:
+    code = ("import sys, os; sys.path.insert(0, os.getcwd()); from pathlib import Path; "
+            "from pipeline.events import SpoolWriter, new_event; "
+            f"s = SpoolWriter(Path({str(tmp_path)!r}), roll_seconds=3600, roll_events=100); "
+            "s.append(new_event(1, 2, 3.0, ts=5)); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    assert not segments(tmp_path) and [p for p in tmp_path.iterdir() if p.name.startswith(".seg-")]
+    assert len(recover_orphans(tmp_path)) == 1
+    assert [json.loads(x)["movie_id"] for x in read_spool(tmp_path)] == [2]
+    assert os.listdir(tmp_path) == [p.name for p in segments(tmp_path)]
