@@ -10,9 +10,9 @@ HOME_DIR ?= ./var
 .PHONY: help venv demo test test-fast bench clean check-jdk proto
 
 help:
-	@echo "make demo   - synthetic data -> Spark batch plane -> Redis, prints recall lists"
+	@echo "make demo   - synthetic data -> batch -> ranker -> serving + stream, prints Recommend answers"
 	@echo "make test   - the full test suite (real Spark, real Redis)"
-	@echo "make bench  - batch-plane benchmark on a 1M-rating synthetic set (JSON in bench/results)"
+	@echo "make bench  - batch, serving (open-loop gRPC) and stream benchmarks (JSON in bench/results)"
 	@echo "make clean  - remove ./var (the default home); the venv stays"
 
 check-jdk:
@@ -42,6 +42,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.batch_bench
+	$(PY) -m bench.serving_bench
+	$(PY) -m bench.stream_bench
 
 # Regenerate the gRPC code of recsys.v1 from serving/protos (a test checks it is up to date).
 proto: $(STAMP)
