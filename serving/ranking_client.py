@@ -65,7 +65,9 @@ class RankingClient:
             raise ModelUnavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}") from None
         out = {k: from_tensor_proto(v) for k, v in resp.outputs.items()}
         version = str(resp.model_spec.version.value) if resp.model_spec.HasField("version") else ""
-        return Ranking(score=out["score"][0], rating=out["rating"][0], attention=out["attention"][0],
+        # TF Serving's batcher with pad_variable_length_inputs returns rows padded to the largest N of the batch.
+        n = request["movie_ids"].shape[1]
+        return Ranking(score=out["score"][0][:n], rating=out["rating"][0][:n], attention=out["attention"][0][:n],
                        model_version=version)
 
     def model_status(self, timeout_s: float | None = None) -> str | None:
