@@ -99,14 +99,33 @@ def reason(sources: Sequence[str], movie_genres: Sequence[str], *, watched_title
     return "popular with everyone"
 
 
-def attention_top(weights: Sequence[float], history: Sequence[int]) -> int | None:
-    """The history movie with the largest attention weight for one candidate (history oldest first)."""
-    from model.explain import attribution
+def distinctive_history(attention: "np.ndarray", rows: Sequence[int], history: Sequence[int]) -> dict[int, int | None]:
+    """For each candidate row, the history movie its target attention singles out.
 
+    Attention often rests on the same one or two history movies for every candidate,
+    so "the largest weight" would give every item the same reason. Among the history
+    movies holding a real share of this candidate's attention (at least a quarter of
+    its largest weight), the one it attends to most *relative to the other candidates*
+    (weight / that slot's mean weight) is named. ``attention`` is [N, H], left-padded
+    like the history (oldest first).
+    """
     import numpy as np
 
-    top = attribution(np.asarray(weights), list(history), top=1)
-    return top[0][0] if top else None
+    h = attention.shape[1]
+    tail = list(history)[-h:]
+    if not tail:
+        return {r: None for r in rows}
+    a = np.asarray(attention, np.float64)[:, h - len(tail):]
+    mean = a.mean(axis=0) + 1e-12
+    out: dict[int, int | None] = {}
+    for r in rows:
+        top = a[r].max()
+        if top <= 0:
+            out[r] = None
+            continue
+        lift = np.where(a[r] >= top / 4, a[r] / mean, -1.0)
+        out[r] = int(tail[int(np.argmax(lift))])
+    return out
 
 
 def reasons_for(items: Sequence[int], sources: Mapping[int, Sequence[str]], genres_of: Callable[[int], Sequence[str]],

@@ -35,7 +35,7 @@ from pipeline.config import Config
 from pipeline.events import EventError, EventLog, new_event
 from pipeline.schemas import normalise_genre
 from pipeline.store import NotPublished, RedisStore
-from serving.blend import attention_top, blend, cap_genres, reasons_for
+from serving.blend import blend, cap_genres, distinctive_history, reasons_for
 from serving.catalog import MovieCatalog
 from serving.metrics import GatewayMetrics
 from serving.ranking_client import ModelUnavailable, Ranking, RankingClient
@@ -244,7 +244,7 @@ class Gateway:
         picked = cap_genres(order, lambda i: catalog.genres(ids[i]), k, self.cfg.serving.genre_cap)
         watched: dict[int, int | None] = {}
         if explain and ranking is not None and history_sent:
-            watched = {ids[i]: attention_top(ranking.attention[i], history_sent) for i in picked}
+            watched = {ids[i]: m for i, m in distinctive_history(ranking.attention, picked, history_sent).items()}
         reasons = reasons_for([ids[i] for i in picked], {c.movie_id: c.sources for c in candidates}, catalog.genres,
                               catalog.title, watched, ctx.top_genres, feats.get("age_bucket"), feats.get("gender")) \
             if explain else {}

@@ -31,3 +31,17 @@ def test_reasons_name_the_evidence() -> None:
     assert reason(["demographic_popular"], ["Drama"], watched_title=None, **kw) == "popular among women 25-34"
     assert reason(["popular"], [], watched_title=None, **kw) == "popular with everyone"
     assert audience(None, None) == "viewers like you" and audience(56, "M") == "men 56+"
+
+
+def test_distinctive_history_names_what_sets_a_candidate_apart() -> None:
+    import numpy as np
+
+    from serving.blend import distinctive_history
+
+    # history slots (left-padded, H=4): [pad, 10, 20, 30]; every candidate attends mostly to 30
+    attention = np.array([[0.0, 0.1, 0.1, 0.8],
+                          [0.0, 0.5, 0.0, 0.5],
+                          [0.0, 0.0, 0.3, 0.7]])
+    out = distinctive_history(attention, [0, 1, 2], [10, 20, 30])
+    assert out == {0: 30, 1: 10, 2: 20}
+    assert distinctive_history(attention, [0], []) == {0: None}
