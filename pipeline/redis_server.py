@@ -160,7 +160,9 @@ def redis_for_home(cfg: Config, keep_running: bool = False) -> Iterator[str]:
     """Yield a Redis URL for ``cfg``: the configured URL, a running home server, or a new one.
 
     A server started here is stopped (with its data saved under the home) on exit,
-    unless ``keep_running``; a server that was already running is left as found.
+    unless ``keep_running`` or another process still has it open (``recsys serve`` and
+    ``recsys stream`` side by side: whichever started it must not pull it from under the
+    other); a server that was already running is left as found.
     """
     if cfg.redis.url:
         if not _ping(cfg.redis.url, timeout=2.0):
@@ -176,5 +178,26 @@ def redis_for_home(cfg: Config, keep_running: bool = False) -> Iterator[str]:
     try:
         yield server.url
     finally:
-        if not keep_running:
+        if not keep_running and not _other_clients(server.url):
             server.stop(save=True)
+
+
+def _other_clients(url: str) -> bool:
+    """Whether processes other than this one hold connections to the server."""
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2.0)
+        try:
+            return any(c.get("laddr") and _peer_pid_differs(c) for c in client.client_list())
+        finally:
+            client.close()
+    except redis.RedisError:
+        return False
+
+
+def _peer_pid_differs(entry: dict) -> bool:
+    """A client connection not opened by this process (matched by local port ownership)."""
+    import psutil
+
+    port = int(str(entry.get("addr", ":0")).rsplit(":", 1)[1])
+    mine = {c.laddr.port for c in psutil.Process().net_connections(kind="tcp") if c.laddr}
+    return port not in mine

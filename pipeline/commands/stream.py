@@ -14,9 +14,11 @@ from pipeline.commands.ui import config_from, console
 
 def cmd_stream(args: argparse.Namespace) -> int:
     from flink_jobs.control import run_foreground
+    from flink_jobs.rating_features import check_setup
     from pipeline.redis_server import redis_for_home
 
     cfg = config_from(args)
+    check_setup(cfg)  # a missing Kafka jar fails here, before Redis or Flink start
     with redis_for_home(cfg) as url:
         return run_foreground(cfg, redis_url=url, restore=not args.from_start, until_idle=args.until_idle,
                               max_seconds=args.max_seconds, log=lambda msg: console.print(f"[dim]stream:[/] {msg}",

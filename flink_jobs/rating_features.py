@@ -1,0 +1,221 @@
+"""The stream job: rating events -> online user and movie features in Redis.
+
+Graph (operator uids in brackets; they keep state addressable across code changes)::
+
+    spool FileSource (continuous) | KafkaSource   [source]
+      -> ParseEvents                                [parse]  -- malformed --> FileSink dead letters [dead-letter]
+      -> event-time timestamps + watermarks        [event-time]
+      -> keyBy(user)  UserFeatures                  [user-features]  online:hist, online:user
+      -> keyBy(movie) MovieStats                    [movie-stats]    online:movie, online:trending
+    progress counters from parse and user-features
+      -> keyBy(shard) StreamStats                   [stream-stats]   online:stats
+
+Run it::
+
+    recsys stream                                  # local mini-cluster, resumes from the latest checkpoint
+    python -m flink_jobs.rating_features --home H  # the same without the CLI niceties
+    deploy/flink-run.sh -m host:8081 -- --home H   # `flink run -py` against a cluster
+
+Under ``flink run -py`` this file is the entry point: ``main`` builds the graph on the
+environment the Flink client provides and submits it (detached with ``-d``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, load_config
+from pipeline.events import dead_letter_dir, spool_dir
+
+JOB_NAME = "recsys-rating-features"
+KAFKA_JAR_HINT = ("flink-sql-connector-kafka-<connector version>-2.0.jar (the Kafka connector built for Flink 2.x, "
+                  "from Maven Central: org.apache.flink:flink-sql-connector-kafka)")
+
+
+class StreamSetupError(ValueError):
+    """The job cannot start as configured; the message says what to change."""
+
+
+def settings_for(cfg: Config, redis_url: str):  # noqa: ANN201 - JobSettings (imported lazily: pyflink is heavy)
+    from flink_jobs.operators import JobSettings
+
+    return JobSettings(redis_url=redis_url, key_prefix=cfg.redis.key_prefix, history_len=cfg.features.history_len,
+                       half_life_days=cfg.features.genre_half_life_days, reorder_events=cfg.stream.reorder_events,
+                       trending_window_s=cfg.stream.trending_window_minutes * 60,
+                       trending_slide_s=cfg.stream.trending_slide_minutes * 60,
+                       sink_batch=cfg.stream.sink_batch, dedup_ttl_hours=cfg.stream.dedup_ttl_hours)
+
+
+def kafka_jar(cfg: Config) -> Path:
+    """The configured Kafka connector jar, or a StreamSetupError naming the jar and where it goes."""
+    path = Path(cfg.stream.kafka_jar) if cfg.stream.kafka_jar else None
+    if path is None or not path.is_file():
+        where = f"stream.kafka_jar = {str(path)!r} does not exist" if path else "stream.kafka_jar is not set"
+        raise StreamSetupError(
+            f"stream.source = 'kafka' needs the Flink Kafka connector jar, and {where}. Download "
+            f"{KAFKA_JAR_HINT} and set stream.kafka_jar in recsys.toml or RECSYS_STREAM_KAFKA_JAR to its path "
+            "(the connector cannot be installed from PyPI; the deploy image supplies it in production).")
+    return path.absolute()
+
+
+def check_setup(cfg: Config) -> None:
+    """Fail before anything starts when the configured source cannot work."""
+    if cfg.stream.source == "kafka":
+        kafka_jar(cfg)
+        if not cfg.events.kafka_bootstrap:
+            raise StreamSetupError("stream.source = 'kafka' needs events.kafka_bootstrap (host:port,...)")
+
+
+def flink_settings(cfg: Config, restore_from: Path | None, local: bool) -> dict[str, str]:
+    """Flink configuration of the job: checkpoints, restore, Python workers."""
+    from flink_jobs.checkpoints import checkpoint_dir
+
+    conf = {
+        "pipeline.name": JOB_NAME,
+        "execution.checkpointing.interval": f"{cfg.stream.checkpoint_interval_ms} ms",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "execution.checkpointing.dir": checkpoint_dir(cfg).absolute().as_uri(),
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "state.backend.type": "hashmap",
+        "python.fn-execution.bundle.time": "100",  # ms: how stale Redis may be behind the state (freshness)
+        "python.metric.enabled": "true",  # gauges are the bundle-end hook that flushes the Redis buffers
+        "python.state.cache-size": "20000",  # keys whose state stays in the Python worker between events
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": "1000000",
+        "restart-strategy.fixed-delay.delay": "2 s",
+    }
+    if local:
+        # Under `flink run`, -pyexec / -pyclientexec (deploy/flink-run.sh) decide instead.
+        conf["python.executable"] = sys.executable
+        conf["python.client.executable"] = sys.executable
+        conf["parallelism.default"] = str(cfg.stream.parallelism)
+    if restore_from is not None:
+        conf["execution.state-recovery.path"] = restore_from.absolute().as_uri()
+    return conf
+
+
+def _source(env: Any, cfg: Config) -> Any:
+    from pyflink.common import Duration, WatermarkStrategy
+
+    if cfg.stream.source == "kafka":
+        from pyflink.common.serialization import SimpleStringSchema
+        from pyflink.datastream.connectors.kafka import (KafkaOffsetResetStrategy, KafkaOffsetsInitializer,
+                                                         KafkaSource)
+
+        check_setup(cfg)
+        env.add_jars(kafka_jar(cfg).as_uri())
+        source = (KafkaSource.builder().set_bootstrap_servers(cfg.events.kafka_bootstrap)
+                  .set_topics(cfg.events.kafka_topic).set_group_id(f"recsys-stream-{cfg.redis.key_prefix}")
+                  .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
+                  .set_value_only_deserializer(SimpleStringSchema()).build())
+        return env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka").uid("source")
+    from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
+
+    spool = spool_dir(cfg)
+    spool.mkdir(parents=True, exist_ok=True)
+    # Names starting with '.' (the writer's in-progress segments) are skipped by Flink's default filter.
+    source = (FileSource.for_record_stream_format(StreamFormat.text_line_format(), str(spool.absolute()))
+              .monitor_continuously(Duration.of_millis(cfg.stream.monitor_interval_ms)).build())
+    return env.from_source(source, WatermarkStrategy.no_watermarks(), "spool").uid("source")
+
+
+def _dead_letter_sink(cfg: Config) -> Any:
+    """Exactly-once files under the dead-letter dir: a part file per checkpoint, visible when it completes."""
+    from pyflink.common.serialization import Encoder
+    from pyflink.datastream.connectors.file_system import BucketAssigner, FileSink, OutputFileConfig, RollingPolicy
+
+    out = dead_letter_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    return (FileSink.for_row_format(str(out.absolute()), Encoder.simple_string_encoder())
+            .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
+            .with_output_file_config(OutputFileConfig.builder().with_part_prefix("dead").with_part_suffix(".jsonl").build())
+            .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy()).build())
+
+
+def build(env: Any, cfg: Config, redis_url: str) -> None:
+    """Add the whole job graph to ``env``."""
+    from pyflink.common import Duration, WatermarkStrategy
+    from pyflink.common.typeinfo import Types
+    from pyflink.common.watermark_strategy import TimestampAssigner
+
+    from flink_jobs import operators as ops
+
+    settings = settings_for(cfg, redis_url)
+
+    class EventTime(TimestampAssigner):
+        def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
+            return int(value[4]) * 1000
+
+    lines = _source(env, cfg)
+    parsed = lines.process(ops.ParseEvents(), output_type=ops.EVENT_TYPE).uid("parse").name("parse")
+    parsed.get_side_output(ops.DEAD_LETTER).sink_to(_dead_letter_sink(cfg)).uid("dead-letter").name("dead-letter")
+    # Event time, out-of-orderness of one slide. One watermark generator for the whole stream
+    # (parallelism 1): a parallel one would wait for its slowest or idle subtask, and the PyFlink
+    # idleness option stops watermarks altogether (measured with Flink 2.3).
+    watermarks = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_seconds(settings.trending_slide_s))
+                  .with_timestamp_assigner(EventTime()))
+    events = parsed.assign_timestamps_and_watermarks(watermarks).uid("event-time").name("event-time").set_parallelism(1)
+    users = (events.key_by(lambda e: e[1], key_type=Types.LONG())
+             .process(ops.UserFeatures(settings), output_type=ops.EVENT_TYPE).uid("user-features").name("user-features"))
+    (users.key_by(lambda e: e[2], key_type=Types.LONG())
+     .process(ops.MovieStats(settings), output_type=Types.STRING()).uid("movie-stats").name("movie-stats"))
+    stats = parsed.get_side_output(ops.STATS).union(users.get_side_output(ops.STATS))
+    (stats.key_by(lambda s: s[0], key_type=Types.INT())
+     .process(ops.StreamStats(settings), output_type=Types.STRING()).uid("stream-stats").name("stream-stats"))
+
+
+def make_env(cfg: Config, restore_from: Path | None, local: bool = True) -> Any:
+    """A StreamExecutionEnvironment configured for this job (the mini-cluster when ``local``)."""
+    from pyflink.common import Configuration
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    conf = Configuration()
+    for key, value in flink_settings(cfg, restore_from, local).items():
+        conf.set_string(key, value)
+    if local:
+        log_dir = cfg.home / "logs" / "flink"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("FLINK_LOG_DIR", str(log_dir))  # read when the JVM gateway starts
+        env = StreamExecutionEnvironment.get_execution_environment(conf)
+    else:
+        env = StreamExecutionEnvironment.get_execution_environment()
+        env.configure(conf)
+    return env
+
+
+def submitted_by_flink_cli() -> bool:
+    """True inside `flink run -py` (the client's JVM gateway is already running)."""
+    return "PYFLINK_GATEWAY_PORT" in os.environ
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m flink_jobs.rating_features` and `flink run -py`."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--home", help="home directory (default $RECSYS_HOME or ./var)")
+    parser.add_argument("--config", help="TOML config file")
+    parser.add_argument("--from-start", action="store_true", help="ignore retained checkpoints")
+    args = parser.parse_args(argv)
+    cfg = load_config(home=args.home, config_file=args.config)
+    check_setup(cfg)
+    if not submitted_by_flink_cli():
+        from flink_jobs.control import run_foreground
+
+        return run_foreground(cfg, restore=not args.from_start, log=lambda m: print(m, file=sys.stderr, flush=True))
+    from flink_jobs.control import resolve_redis_url
+
+    from flink_jobs.checkpoints import checkpoint_dir, latest_checkpoint
+
+    restore = None if args.from_start else latest_checkpoint(checkpoint_dir(cfg))
+    env = make_env(cfg, restore, local=False)
+    build(env, cfg, resolve_redis_url(cfg))
+    client = env.execute_async(JOB_NAME)
+    print(f"submitted {JOB_NAME} as job {client.get_job_id()} (restored from {restore or 'nothing'})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

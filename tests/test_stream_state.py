@@ -1,0 +1,181 @@
+"""The stream job's pure pieces: reorder buffer parity, window buckets, the Redis writer, checkpoints.
+
+No Flink here (fast): these pin the logic the Flink operators delegate to, so a failure
+in the job tests can be told apart from a failure of the logic itself.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import redis
+
+from flink_jobs.checkpoints import latest_checkpoint, prune
+from flink_jobs.online_state import OnlineMovie, OnlineUser, bucket_expiry_ms
+from flink_jobs.redis_io import BufferedWriter, GenreCache
+from pipeline import keys as K
+from pipeline.features import fold_user
+from pipeline.schemas import GENRES
+
+GENRES_OF = {m: [GENRES[m % len(GENRES)], GENRES[(m * 7) % len(GENRES)]] for m in range(1, 60)}
+
+
+def _events(n: int, seed: int) -> list[tuple[int, float, int]]:
+    rng = random.Random(seed)
+    ts = 1_000_000
+    out = []
+    for _ in range(n):
+        ts += rng.choice([0, 30, 3600, 86_400 * 3])
+        out.append((rng.randint(1, 59), rng.choice([1.0, 2.5, 3.0, 4.0, 5.0]), ts))
+    return out
+
+
+def _replay(events: list[tuple[int, float, int]], reorder: int, history_len: int = 20) -> OnlineUser:
+    user = OnlineUser.empty(history_len)
+    for m, r, t in events:
+        user.apply(m, r, t, lambda mid: GENRES_OF.get(mid, ()), 30.0, reorder)
+        user = OnlineUser.from_json(user.to_json())  # state round-trips through JSON between events, as in Flink
+    return user
+
+
+def test_in_order_events_equal_the_batch_fold_exactly() -> None:
+    events = _events(120, seed=1)
+    user = _replay(events, reorder=16)
+    batch = fold_user(events, GENRES_OF, 30.0, 20)
+    assert user.features() == batch.to_features()
+    assert user.history() == batch.history
+    assert user.refolds == 0
+
+
+def test_late_events_within_the_buffer_are_put_back_in_time_order() -> None:
+    events = [e for e in _events(80, seed=2)]
+    events = sorted(set(events), key=lambda e: e[2])  # distinct timestamps: the time order is unambiguous
+    events = [e for i, e in enumerate(events) if i == 0 or e[2] != events[i - 1][2]]
+    shuffled = events[:]
+    rng = random.Random(3)
+    for i in range(0, len(shuffled) - 8, 8):  # shuffle within blocks of 8: every event at most 7 late
+        block = shuffled[i:i + 8]
+        rng.shuffle(block)
+        shuffled[i:i + 8] = block
+    user = _replay(shuffled, reorder=8)
+    batch = fold_user(events, GENRES_OF, 30.0, 20)
+    assert user.refolds > 0
+    assert user.features() == batch.to_features()
+    assert user.history() == batch.history
+
+
+def test_events_later_than_the_buffer_are_counted_but_approximate() -> None:
+    events = [(m, r, 1_000_000 + i * 3600) for i, (m, r, _) in enumerate(_events(30, seed=4))]
+    user = _replay(list(reversed(events)), reorder=4)
+    feats = user.features()
+    assert feats["n_ratings"] == 30 and feats["first_ts"] == events[0][2] and feats["last_ts"] == events[-1][2]
+
+
+def test_movie_window_counts_and_expiry() -> None:
+    slide, window = 300, 3600
+    movie = OnlineMovie()
+    t0 = 1_000_200
+    timers = [movie.apply(4.0, t0 + i * 60, slide, window, watermark_ms=-(2 ** 63)) for i in range(5)]
+    assert movie.trending() == 5 and movie.count == 5 and movie.mean == 4.0
+    assert all(t is not None for t in timers)
+    # A watermark past the last bucket's expiry empties the window; the all-time stats stay.
+    movie.expire(max(timers), slide, window)
+    assert movie.trending() == 0 and movie.count == 5
+    # An event whose bucket already left the window counts for the mean only.
+    late = movie.apply(2.0, t0, slide, window, watermark_ms=max(timers))
+    assert late is None and movie.trending() == 0 and movie.count == 6
+    assert OnlineMovie.from_json(movie.to_json()) == movie
+    assert bucket_expiry_ms(0, slide, window) == (slide + window) * 1000
+
+
+@pytest.mark.redis
+def test_buffered_writer_coalesces_and_removes_zero_scores(redis_client: redis.Redis) -> None:
+    keys = K.Keys("tw")
+    w = BufferedWriter(redis_client, batch=100)
+    w.set(keys.online_history(1), "[1]")
+    w.set(keys.online_history(1), "[2]")  # last write wins
+    w.zscore(keys.trending(), "7", 3)
+    w.hset_field(keys.stream_stats(), "applied:0", "5")
+    w.hset_field(keys.stream_stats(), "applied:1", "6")
+    assert len(w) == 4 and redis_client.get(keys.online_history(1)) is None
+    w.flush()
+    assert redis_client.get(keys.online_history(1)) == b"[2]"
+    assert redis_client.zscore(keys.trending(), "7") == 3
+    assert redis_client.hgetall(keys.stream_stats()) == {b"applied:0": b"5", b"applied:1": b"6"}
+    w.zscore(keys.trending(), "7", 0)
+    w.flush()
+    assert redis_client.zcard(keys.trending()) == 0
+    small = BufferedWriter(redis_client, batch=2)
+    small.set("tw:a", "1")
+    small.set("tw:b", "1")  # the batch size flushes by itself
+    assert len(small) == 0 and redis_client.get("tw:b") == b"1"
+
+
+@pytest.mark.redis
+def test_genre_cache_reads_the_published_version(redis_client: redis.Redis) -> None:
+    keys = K.Keys("tg")
+    cache = GenreCache(redis_client, keys)
+    assert tuple(cache(1)) == ()  # nothing published: no genres, no error
+    redis_client.set(keys.movie_ids("v1"), "[1]")
+    redis_client.hset(keys.movie("v1", 1), "genres", '["Drama"]')
+    redis_client.hset(keys.movie("v1", 5), "genres", '["Comedy"]')  # listed elsewhere: looked up once
+    redis_client.set(keys.current(), "v1")
+    cache._checked = 0.0  # force the periodic version check
+    cache.recheck_s = 0.0
+    assert tuple(cache(1)) == ("Drama",) and tuple(cache(5)) == ("Comedy",) and tuple(cache(9)) == ()
+
+
+def test_latest_checkpoint_is_the_newest_complete_one(tmp_path: Path) -> None:
+    import os
+
+    old = tmp_path / "job-a" / "chk-7"
+    new = tmp_path / "job-b" / "chk-2"
+    incomplete = tmp_path / "job-b" / "chk-3"
+    for d in (old, new, incomplete):
+        d.mkdir(parents=True)
+        (d.parent / "shared").mkdir(exist_ok=True)
+    (old / "_metadata").write_text("x")
+    (new / "_metadata").write_text("x")
+    os.utime(old / "_metadata", (1, 1))
+    assert latest_checkpoint(tmp_path) == new
+    assert prune(tmp_path, keep=new) == [tmp_path / "job-a"]
+    assert latest_checkpoint(tmp_path) == new
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_kafka_without_the_connector_jar_fails_at_start_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from flink_jobs.rating_features import StreamSetupError, check_setup
+    from pipeline.cli import main
+    from tests.conftest import make_config
+
+    cfg = make_config(tmp_path, stream={"source": "kafka"}, events={"kafka_bootstrap": "127.0.0.1:9092"})
+    with pytest.raises(StreamSetupError) as err:
+        check_setup(cfg)
+    for words in ("flink-sql-connector-kafka", "Flink 2.x", "stream.kafka_jar", "RECSYS_STREAM_KAFKA_JAR"):
+        assert words in str(err.value)
+    with pytest.raises(StreamSetupError, match="does not exist"):
+        check_setup(cfg.replace("stream", kafka_jar=str(tmp_path / "missing.jar")))
+    (tmp_path / "recsys.toml").write_text('[stream]\nsource = "kafka"\n[events]\nkafka_bootstrap = "h:9092"\n')
+    assert main(["--home", str(tmp_path), "stream", "--max-seconds", "1"]) == 2
+    assert "flink-sql-connector-kafka" in capsys.readouterr().err
+    assert not (tmp_path / "redis").exists(), "nothing was started"
+
+
+def test_spool_counter_counts_accepted_events_before_the_segment_rolls(tmp_path: Path) -> None:
+    from flink_jobs.control import SpoolCounter
+    from pipeline.events import SpoolWriter, new_event
+
+    writer = SpoolWriter(tmp_path, roll_seconds=3600, roll_events=3)
+    count = SpoolCounter(tmp_path)
+    assert count() == 0
+    writer.append(new_event(1, 2, 4.0, 10))
+    assert count() == 1, "an accepted event in the open segment counts"
+    for _ in range(3):
+        writer.append(new_event(1, 2, 4.0, 10))  # rolls after the third line
+    assert count() == 4
+    (tmp_path / "events-0000000000000-x-1.jsonl").write_text('{"a":1}\n\n  \nnot json\n')
+    assert count() == 6, "blank lines are not events (the job skips them too)"
+    writer.close()
+    assert count() == 6
