@@ -38,7 +38,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not spark"
+	$(PY) -m pytest -q -m "not spark and not flink"
 
 bench: $(STAMP)
 	$(PY) -m bench.batch_bench

@@ -70,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--protocol", choices=("p3",),
                           help="p3: streaming replay through the gateway with the stream job off and on "
                                "(needs a `--split p3` build and an export)")
-    evaluate.add_argument("--max-events", type=int, default=5000, help="(p3) replay the first N held-back events")
-    evaluate.add_argument("--chunk", type=int, default=20, help="(p3) events between waits for the stream job")
+    evaluate.add_argument("--max-events", type=int, default=2000, help="(p3) replay the first N held-back events")
     evaluate.add_argument("--k", type=int, default=10)
     evaluate.add_argument("--max-users", type=int, help="evaluate a seeded sample of users (P2: of test ratings)")
     evaluate.add_argument("--json", help="also write the table as JSON here")

@@ -103,9 +103,9 @@ class FeatureConfig:
 class RecallConfig:
     """Recall channels: which run, how many candidates each gives, how they merge."""
 
-    channels: list = _f(["sequential", "item_similar", "als", "genre_popular", "demographic_popular", "popular"],
-                        "Channels merged for a known user, in priority order (names in pipeline.recall.CHANNELS).")
-    cold_start_channels: list = _f(["demographic_popular", "genre_popular", "popular"], "Channels for a user without history.")
+    channels: list = _f(["sequential", "item_similar", "als", "genre_popular", "demographic_popular", "popular", "trending"],
+                        "Channels merged for a known user, in priority order (names in pipeline.recall.CHANNELS); 'trending' is empty until the stream job runs.")
+    cold_start_channels: list = _f(["demographic_popular", "genre_popular", "trending", "popular"], "Channels for a user without history.")
     merged_size: int = _f(500, "Candidates handed to ranking after merging and de-duplicating the channels.")
     als_top_n: int = _f(200, "ALS candidates stored per user.")
     als_rank: int = _f(64, "ALS latent factors.")

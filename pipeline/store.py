@@ -44,7 +44,9 @@ class RedisStore:
         """Recall context and raw features of a user, in one pipeline round trip.
 
         History is the batch history followed by the online history (stream), de-duplicated
-        by (movie, ts); ``exclude`` is everything the user rated, batch and online.
+        by (movie, ts); ``exclude`` is everything the user rated, batch and online. The
+        stream's own statistics (``online:user``: count and mean over stream events) come
+        back as ``feats["online"]`` so callers can combine them with the batch ones.
         """
         v, k = self.version, self.keys
         pipe = self.client.pipeline(transaction=False)
@@ -52,14 +54,17 @@ class RedisStore:
         pipe.get(k.user_history(v, user_id))
         pipe.get(k.user_seen(v, user_id))
         pipe.get(k.online_history(user_id))
-        raw_user, raw_hist, raw_seen, raw_online = pipe.execute()
+        pipe.hgetall(k.online_user(user_id))
+        raw_user, raw_hist, raw_seen, raw_online, raw_online_user = pipe.execute()
         feats = K.decode_fields(raw_user) if raw_user else {}
+        if raw_online_user:
+            feats["online"] = K.decode_fields(raw_online_user)
         history = K.decode_history(raw_hist)
         known = {(m, t) for m, _, t in history}
         history += [e for e in K.decode_history(raw_online) if (e[0], e[2]) not in known]
+        seen = K.decode_ids(raw_seen) | {m for m, _, _ in history}
         if history_len:
             history = history[-history_len:]
-        seen = K.decode_ids(raw_seen) | {m for m, _, _ in history}
         ctx = RecallContext(user_id=user_id, history=history, age_bucket=feats.get("age_bucket"),
                             gender=feats.get("gender"), top_genres=list(feats.get("top_genres") or []), exclude=seen)
         return ctx, feats

@@ -72,11 +72,17 @@ def start_gateway(cfg: Config, redis_url: str, model_target: str, with_events: b
     ranking = RankingClient(model_target, s.model_name, s.model_timeout_ms / 1000.0)
     events = open_event_log(cfg) if with_events else None
     gateway = Gateway(cfg, client, ranking, events, GatewayMetrics())
-    grpc_server, grpc_port = start_grpc(gateway, s.bind, s.grpc_port)
+    grpc_server = None
     try:
+        grpc_server, grpc_port = start_grpc(gateway, s.bind, s.grpc_port)
         http_server, http_port = start_http(gateway, s.bind, s.http_port)
-    except OSError:
-        grpc_server.stop(0)
+    except BaseException:
+        if grpc_server is not None:
+            grpc_server.stop(0)
+        ranking.close()
+        client.close()
+        if events is not None:
+            events.close()
         raise
     return RunningGateway(gateway, grpc_port, http_port, grpc_server, http_server, events, model_target)
 

@@ -56,6 +56,10 @@ class Unavailable(RuntimeError):
     """Nothing can answer: no batch version was ever readable (gRPC UNAVAILABLE, HTTP 503)."""
 
 
+class DeadlineExceeded(TimeoutError):
+    """The caller's deadline passed before the answer was ready (gRPC DEADLINE_EXCEEDED, HTTP 504)."""
+
+
 @dataclass
 class Item:
     movie_id: int
@@ -97,6 +101,7 @@ class VersionTracker:
         self.client, self.prefix, self.check_seconds = client, prefix, check_seconds
         self._view: BatchView | None = None
         self._checked = 0.0
+        self._down_until = 0.0  # after a failed check, answer from the last good view until then
         self._lock = threading.Lock()
 
     @property
@@ -108,10 +113,16 @@ class VersionTracker:
         now = time.monotonic()
         if self._view is not None and now - self._checked < self.check_seconds:
             return self._view
+        if now < self._down_until:  # Redis failed a moment ago: do not queue every call behind a timeout
+            raise redis.ConnectionError("Redis did not answer the last version check")
         with self._lock:
             if self._view is not None and time.monotonic() - self._checked < self.check_seconds:
                 return self._view
-            raw = self.client.get(K.Keys(self.prefix).current())
+            try:
+                raw = self.client.get(K.Keys(self.prefix).current())
+            except redis.RedisError:
+                self._down_until = time.monotonic() + self.check_seconds
+                raise
             if not raw:
                 raise NotPublished("nothing published yet: run `recsys batch`")
             version = raw.decode()
@@ -159,7 +170,7 @@ class Gateway:
         return out
 
     # --- dependencies ---------------------------------------------------------------------
-    def _view_or_fallback(self) -> tuple[BatchView | None, bool]:
+    def _view_or_fallback(self, method: str) -> tuple[BatchView, bool]:
         """(view, degraded): the current view, or the last good one when Redis fails."""
         try:
             return self.versions.view(), False
@@ -169,31 +180,49 @@ class Gateway:
             last = self.versions.last_good
             if last is None:
                 raise Unavailable("Redis is unreachable and no published version was read before") from None
+            if method != "recommend":  # Recommend counts in _popular_answer
+                self.metrics.degraded.labels(method, "redis").inc()
             return last, True
 
     def _rank(self, request: dict[str, np.ndarray], deadline: float | None) -> Ranking:
-        remaining = None if deadline is None else max(0.001, deadline - time.monotonic() - 0.005)
+        remaining = None if deadline is None else deadline - time.monotonic() - 0.005
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("the deadline passed before ranking")
         result = self.ranking.rank(request, timeout_s=remaining)
         self.metrics.set_model_version(result.model_version)
         return result
 
+    @staticmethod
+    def _user_stats(feats: dict[str, Any], history: list[tuple[int, float, int]]) -> tuple[float, float]:
+        """(count, mean) of all the user's ratings: the batch statistics plus the stream's since.
+
+        Training sees the count and mean of *all* earlier ratings, not of the truncated
+        history, so serving sends the same; without published statistics (a user the
+        batch never saw), the history is all there is.
+        """
+        n_b, mean_b = float(feats.get("n_ratings") or 0), float(feats.get("mean_rating") or 0.0)
+        online = feats.get("online") or {}
+        n_o, mean_o = float(online.get("n_ratings") or 0), float(online.get("mean_rating") or 0.0)
+        if n_b + n_o > 0:
+            return n_b + n_o, (n_b * mean_b + n_o * mean_o) / (n_b + n_o)
+        return float(len(history)), float(np.mean([r for _, r, _ in history])) if history else 0.0
+
     def _user_input(self, user_id: int, ctx: R.RecallContext, feats: dict[str, Any]) -> UserInput:
-        n_batch = feats.get("n_ratings")
+        n, mean = self._user_stats(feats, ctx.history)
         return UserInput(user_id=user_id, age_bucket=int(feats.get("age_bucket") or 0), gender=feats.get("gender") or "",
                          occupation=feats.get("occupation") or "", history=[(m, r) for m, r, _ in ctx.history],
-                         interest_genres=list(ctx.top_genres),
-                         n_ratings=max(float(n_batch or 0), float(len(ctx.history))) if ctx.history else 0.0,
-                         mean_rating=float(np.mean([r for _, r, _ in ctx.history])) if ctx.history else 0.0)
+                         interest_genres=list(feats.get("top_genres") or ctx.top_genres), n_ratings=n, mean_rating=mean)
 
     # --- Recommend ------------------------------------------------------------------------
     def recommend(self, user_id: int, k: int = 0, exclude_seen: bool = True, genres: Sequence[str] = (),
                   explain: bool = True, deadline: float | None = None) -> Answer:
         started = time.perf_counter()
         user_id, k, wanted = self._id("user_id", user_id), self._k(k), self._genres(genres)
-        view, degraded = self._view_or_fallback()
+        view, degraded = self._view_or_fallback("recommend")
         if degraded:
             return self._popular_answer(view, k, wanted, "recommend", started)
         stages: dict[str, float] = {}
+        ctx: R.RecallContext | None = None
         try:
             t = time.perf_counter()
             ctx, feats = view.store.user_context(user_id, history_len=self.cfg.features.history_len)
@@ -201,18 +230,19 @@ class Gateway:
             t = time.perf_counter()
             if not exclude_seen:
                 ctx.exclude = set()
-            if wanted:
-                ctx.top_genres = wanted
             per_channel = R.run_channels(ctx, view.store, self.recall_cfg)
-            if wanted and "genre_popular" not in per_channel:
-                per_channel["genre_popular"] = R.genre_popular(ctx, view.store, self.recall_cfg.merged_size, 0)
-            candidates = R.fuse(per_channel, self.recall_cfg.merged_size)
             if wanted:
-                candidates = [c for c in candidates if set(view.catalog.genres(c.movie_id)) & set(wanted)]
+                # the requested genres' popular lists join, and every channel keeps only those genres
+                per_channel["genre_popular"] = R.interleave(
+                    [view.store.global_list(K.list_popular(g)) for g in wanted], ctx.exclude, self.recall_cfg.merged_size)
+            catalog = view.catalog
+            per_channel = {name: [(m, sc) for m, sc in items if m in catalog and
+                                  (not wanted or set(catalog.genres(m)) & set(wanted))]
+                           for name, items in per_channel.items()}
+            candidates = R.fuse(per_channel, self.recall_cfg.merged_size)
             stages["recall"] = time.perf_counter() - t
         except redis.RedisError:
-            self.metrics.degraded.labels("recommend", "redis").inc()
-            return self._popular_answer(view, k, wanted, "recommend", started)
+            return self._popular_answer(view, k, wanted, "recommend", started, exclude=ctx.exclude if ctx else set())
         self.metrics.candidates.observe(len(candidates))
         answer = self._rank_and_blend(view, user_id, ctx, feats, candidates, k, explain, deadline, stages)
         answer.cold_start = ctx.is_cold
@@ -261,12 +291,13 @@ class Gateway:
         return Answer(items=items, model_version=ranking.model_version if ranking else "", degraded=degraded,
                       batch_version=view.store.version, stages=stages)
 
-    def _popular_answer(self, view: BatchView, k: int, wanted: list[str], method: str, started: float) -> Answer:
-        """Redis is down: the last good popular list (per requested genre when asked)."""
+    def _popular_answer(self, view: BatchView, k: int, wanted: list[str], method: str, started: float,
+                        exclude: set[int] | None = None) -> Answer:
+        """Redis is down: the last good popular list (per requested genre when asked), minus what is known seen."""
         self.metrics.degraded.labels(method, "redis").inc()
         catalog = view.catalog
         lists = [catalog.popular_by_genre.get(g, []) for g in wanted] if wanted else [catalog.popular]
-        merged = R.interleave(lists, set(), max(k * 3, k))
+        merged = R.interleave(lists, exclude or set(), max(k * 3, k))
         order = cap_genres(list(range(len(merged))), lambda i: catalog.genres(merged[i][0]), k,
                            self.cfg.serving.genre_cap)
         items = [Item(movie_id=merged[i][0], title=catalog.title(merged[i][0]), score=float(merged[i][1]),
@@ -289,7 +320,7 @@ class Gateway:
         if len(movie_ids) > MAX_RANK_IDS:
             raise InvalidArgument(f"at most {MAX_RANK_IDS} movie_ids per call, got {len(movie_ids)}")
         ids = [self._id("movie_id", m) for m in movie_ids]
-        view, degraded = self._view_or_fallback()
+        view, degraded = self._view_or_fallback("rank")
         unknown = view.catalog.unknown(ids)
         if unknown:
             shown = ", ".join(str(m) for m in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
@@ -322,7 +353,7 @@ class Gateway:
     # --- SimilarMovies ----------------------------------------------------------------------
     def similar(self, movie_id: int, k: int = 0) -> Answer:
         movie_id, k = self._id("movie_id", movie_id), self._k(k)
-        view, degraded = self._view_or_fallback()
+        view, degraded = self._view_or_fallback("similar")
         if movie_id not in view.catalog:
             raise NotFound(f"unknown movie id {movie_id}")
         scored: list[tuple[int, float]] = []

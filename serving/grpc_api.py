@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving.gateway import Answer, Gateway, InvalidArgument, NotFound, Unavailable
+from serving.gateway import Answer, DeadlineExceeded, Gateway, InvalidArgument, NotFound, Unavailable
 from serving.protos.recsys.v1 import recommender_pb2 as pb
 from serving.protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -33,8 +33,10 @@ def to_items(answer: Answer) -> list[pb.Item]:
 
 def _deadline(context: grpc.ServicerContext, default_ms: int) -> float:
     """The call's deadline on the monotonic clock (the caller's, else the configured default)."""
-    remaining = context.time_remaining()
-    return time.monotonic() + (remaining if remaining is not None else default_ms / 1000.0)
+    remaining = context.time_remaining()  # without a client deadline gRPC answers ~9.2e18, not None
+    if remaining is None or remaining > 1e9:
+        remaining = default_ms / 1000.0
+    return time.monotonic() + remaining
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
@@ -54,6 +56,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             code, message = grpc.StatusCode.NOT_FOUND, str(exc)
         except Unavailable as exc:
             code, message = grpc.StatusCode.UNAVAILABLE, str(exc)
+        except DeadlineExceeded as exc:
+            code, message = grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
         except Exception:  # a bug: log it, answer INTERNAL, keep serving
             log.exception("%s failed", method)
             code, message = grpc.StatusCode.INTERNAL, f"{method} failed; see the gateway log"
@@ -95,14 +99,19 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
 def start_grpc(gateway: Gateway, bind: str, port: int, workers: int = 16) -> tuple[grpc.Server, int]:
     """Start the gRPC server (Recommender + health + reflection); returns it and the bound port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
+    # so_reuseport off: a second gateway on the same port must fail, not silently share its traffic
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+                         options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(gateway), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{bind}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{bind}:{port}")
+    except RuntimeError as exc:
+        raise OSError(f"gRPC cannot listen on {bind}:{port} (in use?): {exc}") from None
     if bound == 0:
-        raise OSError(f"cannot listen on {bind}:{port} (in use?)")
+        raise OSError(f"gRPC cannot listen on {bind}:{port} (in use?)")
     server.start()
     # The gateway answers (degraded if need be) whenever it runs: health is SERVING for both names.
     for name in ("", SERVICE_NAME):

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
 
-from serving.gateway import Answer, Gateway, InvalidArgument, NotFound, Unavailable
+from serving.gateway import Answer, DeadlineExceeded, Gateway, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("recsys.http")
 MAX_BODY = 1 << 20
@@ -44,7 +44,7 @@ def _int(body: dict[str, Any], name: str, default: int | None = None) -> int:
         raise InvalidArgument(f"{name} must be an integer, got {value!r}")
     try:
         out = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidArgument(f"{name} must be an integer, got {value!r}") from None
     if isinstance(value, float) and out != value:
         raise InvalidArgument(f"{name} must be an integer, got {value!r}")
@@ -143,6 +143,9 @@ def make_handler(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
             except Unavailable as exc:
                 code = "UNAVAILABLE"
                 self._send(503, {"error": str(exc), "code": code})
+            except DeadlineExceeded as exc:
+                code = "DEADLINE_EXCEEDED"
+                self._send(504, {"error": str(exc), "code": code})
             except Exception:
                 code = "INTERNAL"
                 log.exception("%s failed", path)
@@ -168,8 +171,15 @@ def make_handler(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
             if url.path not in routes.table:
                 self._send(404, {"error": f"no such path {url.path}", "code": "NOT_FOUND"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
+            raw_length = self.headers.get("Content-Length")
+            if raw_length is None or not raw_length.strip().isdigit():
+                # no (or a bad) length: the body cannot be delimited, so the connection cannot be reused either
+                self.close_connection = True
+                self._send(411, {"error": "a JSON body with a Content-Length header is required", "code": "INVALID_ARGUMENT"})
+                return
+            length = int(raw_length)
             if length > MAX_BODY:
+                self.close_connection = True
                 self._send(413, {"error": f"body larger than {MAX_BODY} bytes", "code": "INVALID_ARGUMENT"})
                 return
             try:

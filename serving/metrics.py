@@ -35,6 +35,7 @@ class GatewayMetrics:
         self.events = Counter("recsys_events_recorded", "Rating events appended to the event log.", registry=r)
         self.candidates = Histogram("recsys_candidates", "Merged recall candidates per Recommend.",
                                     buckets=(10, 50, 100, 200, 300, 400, 500, 1000), registry=r)
+        self._batch_version = ""
         for s in STAGES:
             self.stage.labels(s)
 
@@ -47,8 +48,10 @@ class GatewayMetrics:
             self.stage.labels(stage).observe(time.perf_counter() - start)
 
     def set_batch_version(self, version: str) -> None:
-        self.batch_version.clear()
-        self.batch_version.labels(version).set(1)
+        if version and version != self._batch_version:
+            self._batch_version = version
+            self.batch_version.clear()
+            self.batch_version.labels(version).set(1)
 
     def set_model_version(self, version: str) -> None:
         if version.isdigit():

@@ -63,12 +63,18 @@ class RankingClient:
             resp = self.stub.Predict(req, timeout=min(self.timeout_s, timeout_s or self.timeout_s))
         except grpc.RpcError as exc:
             raise ModelUnavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}") from None
-        out = {k: from_tensor_proto(v) for k, v in resp.outputs.items()}
         version = str(resp.model_spec.version.value) if resp.model_spec.HasField("version") else ""
-        # TF Serving's batcher with pad_variable_length_inputs returns rows padded to the largest N of the batch.
         n = request["movie_ids"].shape[1]
-        return Ranking(score=out["score"][0][:n], rating=out["rating"][0][:n], attention=out["attention"][0][:n],
-                       model_version=version)
+        try:
+            out = {k: from_tensor_proto(v) for k, v in resp.outputs.items()}
+            # TF Serving's batcher with pad_variable_length_inputs returns rows padded to the largest N of the batch.
+            ranking = Ranking(score=out["score"][0][:n], rating=out["rating"][0][:n],
+                              attention=out["attention"][0][:n], model_version=version)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ModelUnavailable(f"model server {self.target} answered outside the signature: {exc!r}") from None
+        if len(ranking.score) != n or len(ranking.rating) != n or ranking.attention.ndim != 2:
+            raise ModelUnavailable(f"model server {self.target} answered {len(ranking.score)} scores for {n} candidates")
+        return ranking
 
     def model_status(self, timeout_s: float | None = None) -> str | None:
         """The newest AVAILABLE version (ModelService.GetModelStatus), None when none is."""

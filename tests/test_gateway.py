@@ -292,3 +292,30 @@ def test_redis_down_then_back(p1_batch: dict, model_srv: Any, redis_client: redi
         channel.close()
         running.stop()
         own.stop(save=False)
+
+
+def test_http_rejects_undelimited_and_non_json_bodies(gw: Any) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", gw.http_port, timeout=10)
+    conn.putrequest("POST", "/api/recommend")
+    conn.endheaders()                                   # no Content-Length: cannot be delimited
+    resp = conn.getresponse()
+    assert resp.status == 411 and "Content-Length" in json.loads(resp.read())["error"]
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", gw.http_port, timeout=10)
+    conn.request("POST", "/api/recommend", body=b"{not json", headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 400 and "not JSON" in json.loads(resp.read())["error"]
+    conn.request("POST", "/api/recommend", body=json.dumps({"user_id": 1e400}).encode())  # still usable: keep-alive
+    resp = conn.getresponse()
+    assert resp.status == 400 and "user_id" in json.loads(resp.read())["error"]
+    conn.close()
+
+
+def test_an_expired_deadline_is_deadline_exceeded_not_degraded(gw: Any, p1_batch: dict, redis_client: redis.Redis) -> None:
+    from serving.gateway import DeadlineExceeded
+
+    user_id = _users(p1_batch, redis_client)[0]
+    with pytest.raises(DeadlineExceeded):
+        gw.gateway.recommend(user_id, 10, deadline=time.monotonic() - 1)

@@ -110,6 +110,11 @@ def _gateway_row(cfg: Config, data, args: argparse.Namespace):  # noqa: ANN001, 
                                                                     model_port=0)))
             target = running.grpc_target
             wait_for_model(running)
+            leftover = sum(1 for _ in running.gateway.client.scan_iter(
+                match=f"{running.gateway.versions.view().store.keys.base}:online:hist:*", count=1000))
+            if leftover:
+                console.print(f"[yellow]warning:[/] {leftover} users have stream (online) history in this Redis; "
+                              "P1 through the gateway counts it as history (a stream job ran on this evaluation home)")
         else:
             target = args.gateway
         channel = stack.enter_context(grpc.insecure_channel(target))
@@ -127,7 +132,7 @@ def _evaluate_p3(cfg: Config, args: argparse.Namespace):  # noqa: ANN202
     home = Home(cfg.home)
     with progress_bar() as progress:
         task = progress.add_task("P3 replay", total=None)
-        rows = evaluate_p3(cfg, max_events=args.max_events, k=args.k, chunk=args.chunk,
+        rows = evaluate_p3(cfg, max_events=args.max_events, k=args.k,
                            on_progress=lambda name, i, n: progress.update(task, description=f"P3 replay, {name}",
                                                                            completed=i, total=n))
     lift = rows[1].metrics[f"HR@{args.k}"] - rows[0].metrics[f"HR@{args.k}"]
