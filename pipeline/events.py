@@ -204,15 +204,9 @@ def recover_orphans(directory: Path) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from pipeline.redis_server import pid_alive
+
+    return pid == os.getpid() or pid_alive(pid)
 
 
 def segments(directory: Path) -> list[Path]:

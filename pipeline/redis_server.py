@@ -89,16 +89,17 @@ class EmbeddedRedis:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(self.pid):
+        while time.monotonic() < deadline and pid_alive(self.pid):
             time.sleep(0.05)
-        if _alive(self.pid):
+        if pid_alive(self.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / "server.json").unlink()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie child of ours is reaped and counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -148,7 +149,7 @@ def find_running(data_dir: Path) -> EmbeddedRedis | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     server = EmbeddedRedis(url=info["url"], pid=int(info["pid"]), port=int(info["port"]), data_dir=data_dir)
-    if _alive(server.pid) and _ping(server.url):
+    if pid_alive(server.pid) and _ping(server.url):
         return server
     with contextlib.suppress(FileNotFoundError):
         info_path.unlink()
