@@ -10,7 +10,6 @@ Not part of `make test`: no test asserts a duration.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.machine import describe
+from bench.machine import describe, write_result
 from pipeline.config import load_config
 from pipeline.synth import generate
 
@@ -64,10 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(name, f"{sec:.1f}")
     table.add_row("[bold]batch total", f"[bold]{total:.1f}")
     console.print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"batch-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_result(result, args.out, "batch")
     console.print(f"wrote {path}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from pathlib import Path
 
 
 def describe() -> dict[str, object]:
@@ -28,3 +29,15 @@ def describe() -> dict[str, object]:
         java = None
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib, "os": platform.platform(),
             "python": platform.python_version(), "java": java}
+
+
+def write_result(result: dict, out_dir: str, name: str) -> Path:
+    """``<out_dir>/<name>-<local time>.json``: one benchmark run, next to the others."""
+    import json
+    import time
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    return path

@@ -34,7 +34,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.machine import describe
+from bench.machine import describe, write_result
 from pipeline.config import Config, load_config
 
 console = Console()
@@ -188,10 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     result["gateway_overhead_p50_ms"] = overhead
     console.print(f"gateway overhead at p50 (Recommend - Predict), per rate: {overhead} ms; "
                   f"mean per stage: {stages}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"serving-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_result(result, args.out, "serving")
     console.print(f"wrote {path}")
     return 0
 

@@ -36,7 +36,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.machine import describe
+from bench.machine import describe, write_result
 
 console = Console()
 
@@ -245,10 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"p50 {fr['p50_ms']} ms, p95 {fr['p95_ms']} ms, p99 {fr['p99_ms']} ms "
                   f"({fr['visible']}/{fr['events']} visible)")
     console.print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"stream-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_result(result, args.out, "stream")
     console.print(f"wrote {path}")
     return 0
 

@@ -60,6 +60,16 @@ class DeadlineExceeded(TimeoutError):
     """The caller's deadline passed before the answer was ready (gRPC DEADLINE_EXCEEDED, HTTP 504)."""
 
 
+# The caller-facing errors and their gRPC status names: both transports map from this one table.
+ERROR_CODES: dict[type[Exception], str] = {InvalidArgument: "INVALID_ARGUMENT", NotFound: "NOT_FOUND",
+                                           Unavailable: "UNAVAILABLE", DeadlineExceeded: "DEADLINE_EXCEEDED"}
+
+
+def error_code(exc: Exception) -> str | None:
+    """The status name of a caller-facing error, None for anything else (a bug: INTERNAL)."""
+    return next((code for cls, code in ERROR_CODES.items() if isinstance(exc, cls)), None)
+
+
 @dataclass
 class Item:
     movie_id: int
@@ -70,6 +80,13 @@ class Item:
     reason: str = ""
     genres: list[str] = field(default_factory=list)
     year: int = 0
+
+
+def catalog_item(catalog: MovieCatalog, movie_id: int, score: float, **fields: Any) -> Item:
+    """An answer item with the movie's title, genres and year from the catalog."""
+    movie = catalog.movies.get(movie_id)
+    return Item(movie_id=movie_id, title=catalog.title(movie_id), score=score, genres=list(catalog.genres(movie_id)),
+                year=(movie.year or 0) if movie else 0, **fields)
 
 
 @dataclass
@@ -216,11 +233,10 @@ class Gateway:
     # --- Recommend ------------------------------------------------------------------------
     def recommend(self, user_id: int, k: int = 0, exclude_seen: bool = True, genres: Sequence[str] = (),
                   explain: bool = True, deadline: float | None = None) -> Answer:
-        started = time.perf_counter()
         user_id, k, wanted = self._id("user_id", user_id), self._k(k), self._genres(genres)
         view, degraded = self._view_or_fallback("recommend")
         if degraded:
-            return self._popular_answer(view, k, wanted, "recommend", started)
+            return self._popular_answer(view, k, wanted)
         stages: dict[str, float] = {}
         ctx: R.RecallContext | None = None
         try:
@@ -242,11 +258,11 @@ class Gateway:
             candidates = R.fuse(per_channel, self.recall_cfg.merged_size)
             stages["recall"] = time.perf_counter() - t
         except redis.RedisError:
-            return self._popular_answer(view, k, wanted, "recommend", started, exclude=ctx.exclude if ctx else set())
+            return self._popular_answer(view, k, wanted, exclude=ctx.exclude if ctx else set())
         self.metrics.candidates.observe(len(candidates))
         answer = self._rank_and_blend(view, user_id, ctx, feats, candidates, k, explain, deadline, stages)
         answer.cold_start = ctx.is_cold
-        self._observe(answer, started)
+        self._observe(answer)
         return answer
 
     def _rank_and_blend(self, view: BatchView, user_id: int, ctx: R.RecallContext, feats: dict[str, Any],
@@ -278,36 +294,30 @@ class Gateway:
         reasons = reasons_for([ids[i] for i in picked], {c.movie_id: c.sources for c in candidates}, catalog.genres,
                               catalog.title, watched, ctx.top_genres, feats.get("age_bucket"), feats.get("gender")) \
             if explain else {}
-        items = []
-        for i in picked:
-            m = ids[i]
-            movie = catalog.movies.get(m)
-            items.append(Item(movie_id=m, title=catalog.title(m),
-                              score=float(ranking.score[i]) if use_model and ranking else float(candidates[i].score),
+        items = [catalog_item(catalog, ids[i],
+                              float(ranking.score[i]) if use_model and ranking else float(candidates[i].score),
                               predicted_rating=float(ranking.rating[i]) if ranking else 0.0,
-                              sources=list(candidates[i].sources), reason=reasons.get(m, ""),
-                              genres=list(catalog.genres(m)), year=(movie.year or 0) if movie else 0))
+                              sources=list(candidates[i].sources), reason=reasons.get(ids[i], ""))
+                 for i in picked]
         stages["blend"] = time.perf_counter() - t
         return Answer(items=items, model_version=ranking.model_version if ranking else "", degraded=degraded,
                       batch_version=view.store.version, stages=stages)
 
-    def _popular_answer(self, view: BatchView, k: int, wanted: list[str], method: str, started: float,
-                        exclude: set[int] | None = None) -> Answer:
+    def _popular_answer(self, view: BatchView, k: int, wanted: list[str], exclude: set[int] | None = None) -> Answer:
         """Redis is down: the last good popular list (per requested genre when asked), minus what is known seen."""
-        self.metrics.degraded.labels(method, "redis").inc()
+        self.metrics.degraded.labels("recommend", "redis").inc()
         catalog = view.catalog
         lists = [catalog.popular_by_genre.get(g, []) for g in wanted] if wanted else [catalog.popular]
         merged = R.interleave(lists, exclude or set(), max(k * 3, k))
         order = cap_genres(list(range(len(merged))), lambda i: catalog.genres(merged[i][0]), k,
                            self.cfg.serving.genre_cap)
-        items = [Item(movie_id=merged[i][0], title=catalog.title(merged[i][0]), score=float(merged[i][1]),
-                      sources=["popular"], reason="popular with everyone (live data unavailable)",
-                      genres=list(catalog.genres(merged[i][0]))) for i in order]
+        items = [catalog_item(catalog, merged[i][0], float(merged[i][1]), sources=["popular"],
+                              reason="popular with everyone (live data unavailable)") for i in order]
         answer = Answer(items=items, degraded=True, batch_version=view.store.version)
-        self._observe(answer, started)
+        self._observe(answer)
         return answer
 
-    def _observe(self, answer: Answer, started: float) -> None:
+    def _observe(self, answer: Answer) -> None:
         for stage, seconds in answer.stages.items():
             self.metrics.stage.labels(stage).observe(seconds)
         self.metrics.set_batch_version(answer.batch_version)
@@ -339,14 +349,11 @@ class Gateway:
         except ModelUnavailable:
             ranking, degraded = None, True
             self.metrics.degraded.labels("rank", "model").inc()
-        items = []
-        for i, m in enumerate(ids):
-            movie = view.catalog.movies[m]
-            items.append(Item(movie_id=m, title=movie.title,
-                              # degraded: popularity orders, the Bayesian mean stands in for the rating
-                              score=float(ranking.score[i]) if ranking else movie.popularity / 10.0,
-                              predicted_rating=float(ranking.rating[i]) if ranking else movie.bayes_rating,
-                              genres=list(movie.genres), year=movie.year or 0))
+        movies = view.catalog.movies
+        # degraded: popularity orders, the Bayesian mean stands in for the rating
+        items = [catalog_item(view.catalog, m, float(ranking.score[i]) if ranking else movies[m].popularity / 10.0,
+                              predicted_rating=float(ranking.rating[i]) if ranking else movies[m].bayes_rating)
+                 for i, m in enumerate(ids)]
         return Answer(items=items, model_version=ranking.model_version if ranking else "", degraded=degraded,
                       batch_version=view.store.version)
 
@@ -367,9 +374,7 @@ class Gateway:
             genres = view.catalog.genres(movie_id)
             scored = R.interleave([view.catalog.popular_by_genre.get(g, []) for g in genres] or [view.catalog.popular],
                                    {movie_id}, k)
-        items = [Item(movie_id=m, title=view.catalog.title(m), score=float(s), genres=list(view.catalog.genres(m)),
-                      year=(view.catalog.movies[m].year or 0) if m in view.catalog else 0)
-                 for m, s in scored if m != movie_id][:k]
+        items = [catalog_item(view.catalog, m, float(s)) for m, s in scored if m != movie_id][:k]
         return Answer(items=items, degraded=degraded, batch_version=view.store.version)
 
     # --- RecordRating -----------------------------------------------------------------------

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving.gateway import Answer, DeadlineExceeded, Gateway, InvalidArgument, NotFound, Unavailable
+from serving.gateway import Answer, Gateway, error_code
 from serving.protos.recsys.v1 import recommender_pb2 as pb
 from serving.protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -50,17 +50,13 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         code = grpc.StatusCode.OK
         try:
             return fn()
-        except InvalidArgument as exc:
-            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        except NotFound as exc:
-            code, message = grpc.StatusCode.NOT_FOUND, str(exc)
-        except Unavailable as exc:
-            code, message = grpc.StatusCode.UNAVAILABLE, str(exc)
-        except DeadlineExceeded as exc:
-            code, message = grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
-        except Exception:  # a bug: log it, answer INTERNAL, keep serving
-            log.exception("%s failed", method)
-            code, message = grpc.StatusCode.INTERNAL, f"{method} failed; see the gateway log"
+        except Exception as exc:
+            name = error_code(exc)
+            if name is None:  # a bug: log it, answer INTERNAL, keep serving
+                log.exception("%s failed", method)
+                code, message = grpc.StatusCode.INTERNAL, f"{method} failed; see the gateway log"
+            else:
+                code, message = grpc.StatusCode[name], str(exc)
         finally:
             metrics.requests.labels(method, code.name).inc()
             metrics.latency.labels(method).observe(time.perf_counter() - start)

@@ -25,10 +25,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
 
-from serving.gateway import Answer, DeadlineExceeded, Gateway, InvalidArgument, NotFound, Unavailable
+from serving.gateway import Answer, Gateway, InvalidArgument, error_code
 
 log = logging.getLogger("recsys.http")
 MAX_BODY = 1 << 20
+HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
 
 
 def answer_json(answer: Answer) -> dict[str, Any]:
@@ -134,22 +135,15 @@ def make_handler(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
             code = "OK"
             try:
                 self._send(200, fn(body))
-            except InvalidArgument as exc:
-                code = "INVALID_ARGUMENT"
-                self._send(400, {"error": str(exc), "code": code})
-            except NotFound as exc:
-                code = "NOT_FOUND"
-                self._send(404, {"error": str(exc), "code": code})
-            except Unavailable as exc:
-                code = "UNAVAILABLE"
-                self._send(503, {"error": str(exc), "code": code})
-            except DeadlineExceeded as exc:
-                code = "DEADLINE_EXCEEDED"
-                self._send(504, {"error": str(exc), "code": code})
-            except Exception:
-                code = "INTERNAL"
-                log.exception("%s failed", path)
-                self._send(500, {"error": f"{method} failed; see the gateway log", "code": code})
+            except Exception as exc:
+                name = error_code(exc)
+                if name is None:
+                    code = "INTERNAL"
+                    log.exception("%s failed", path)
+                    self._send(500, {"error": f"{method} failed; see the gateway log", "code": code})
+                else:
+                    code = name
+                    self._send(HTTP_STATUS[name], {"error": str(exc), "code": code})
             finally:
                 metrics.requests.labels(method, code).inc()
                 metrics.latency.labels(method).observe(time.perf_counter() - start)
