@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Submit the stream job (flink_jobs/rating_features.py) to a Flink cluster with `flink run -py`.
+# Submit the stream job (its one entry, flink_jobs/main.py) to a Flink cluster with `flink run -py`.
 #
 #   deploy/flink-run.sh [flink run options...] -- [job options...]
 #   deploy/flink-run.sh -m jobmanager:8081 -d -- --home /shared/recsys
@@ -37,4 +37,4 @@ with zipfile.ZipFile(sys.argv[1], 'w') as z:
             z.write(f)" "$bundle")
 export PYFLINK_CLIENT_EXECUTABLE="$client_python"
 "$flink" run "${flink_opts[@]}" -pyclientexec "$client_python" -pyexec "$worker_python" -pyfs "$bundle" \
-  -py "$here/flink_jobs/rating_features.py" "$@"
+  -py "$here/flink_jobs/main.py" "$@"

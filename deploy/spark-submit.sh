@@ -25,4 +25,4 @@ with zipfile.ZipFile(sys.argv[1], 'w') as z:
     for pkg in ('pipeline', 'spark_jobs'):
         for f in pathlib.Path(pkg).rglob('*.py'):
             z.write(f)" "$bundle")
-exec "$here/.venv/bin/spark-submit" --py-files "$bundle" "${spark_opts[@]}" "$here/spark_jobs/$step.py" "$@"
+exec "$here/.venv/bin/spark-submit" --py-files "$bundle" "${spark_opts[@]}" "$here/spark_jobs/main.py" "$step" "$@"

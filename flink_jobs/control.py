@@ -4,7 +4,8 @@ The Python API other components use (demo, gateway end-to-end test, benchmarks):
 
     from flink_jobs.control import start_stream
 
-    handle = start_stream(cfg)              # `recsys stream` in a subprocess, resuming from checkpoints
+    handle = start_stream(cfg)              # the job's entry (flink_jobs.main) in a subprocess, resuming
+                                            # from checkpoints
     ...append events to the spool (pipeline.events.SpoolWriter)...
     handle.wait_until_consumed(timeout=120) # every spool line is applied, counted or dead-lettered,
                                             # and a checkpoint after that has completed (so Redis has it all)
@@ -35,6 +36,7 @@ from pipeline.events import IN_PROGRESS_PREFIX, segments, spool_dir
 from pipeline.home import Home, atomic_write_text
 
 from flink_jobs.checkpoints import checkpoint_dir, latest_checkpoint, prune
+from flink_jobs.rating_features import JOB_NAME, build, check_setup, make_env
 
 COUNTERS = ("applied", "duplicate", "malformed")
 
@@ -168,8 +170,6 @@ def run_foreground(cfg: Config, redis_url: str | None = None, restore: bool = Tr
     that many seconds (bounded runs for tests and benchmarks). A clean stop waits for
     one more checkpoint (at most the checkpoint interval), so a restart replays nothing.
     """
-    from flink_jobs.rating_features import JOB_NAME, build, check_setup, make_env
-
     check_setup(cfg)
     url = redis_url or resolve_redis_url(cfg)
     client = redis.Redis.from_url(url)
@@ -251,7 +251,7 @@ def _write_config(cfg: Config, path: Path) -> Path:
 
 
 class StreamHandle:
-    """A `recsys stream` subprocess for one configuration."""
+    """A stream job subprocess (``python -m flink_jobs.main``) for one configuration."""
 
     def __init__(self, cfg: Config, proc: subprocess.Popen, log_path: Path) -> None:
         self.cfg, self.proc, self.log_path = cfg, proc, log_path
@@ -317,12 +317,16 @@ class StreamHandle:
 
 def start_stream(cfg: Config, restore: bool = True, until_idle: float | None = None,
                  log_path: Path | None = None) -> StreamHandle:
-    """Start `recsys stream` for ``cfg`` in the background (its own process group); see the module docstring."""
+    """Start the stream job for ``cfg`` in the background (its own process group); see the module docstring.
+
+    The child runs the plane's one entry, ``python -m flink_jobs.main``, with ``cfg``
+    written out as its config file.
+    """
     home = Home(cfg.home)
     config_path = _write_config(cfg, cfg.home / "stream" / "stream-config.toml")
     log_path = log_path or home.logs / "stream.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pipeline.cli", "--home", str(cfg.home), "--config", str(config_path), "stream"]
+    cmd = [sys.executable, "-m", "flink_jobs.main", "--home", str(cfg.home), "--config", str(config_path)]
     if not restore:
         cmd.append("--from-start")
     if until_idle is not None:

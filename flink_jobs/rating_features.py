@@ -10,25 +10,20 @@ Graph (operator uids in brackets; they keep state addressable across code change
     progress counters from parse and user-features
       -> keyBy(shard) StreamStats                   [stream-stats]   online:stats
 
-Run it::
-
-    recsys stream                                  # local mini-cluster, resumes from the latest checkpoint
-    python -m flink_jobs.rating_features --home H  # the same without the CLI niceties
-    deploy/flink-run.sh -m host:8081 -- --home H   # `flink run -py` against a cluster
-
-Under ``flink run -py`` this file is the entry point: ``main`` builds the graph on the
-environment the Flink client provides and submits it (detached with ``-d``).
+This module builds the graph and its Flink configuration; it has no entry point.
+The plane's one entry is ``flink_jobs/main.py`` (``recsys stream``, ``python -m
+flink_jobs.main`` and ``flink run -py flink_jobs/main.py`` all go through it), and
+``flink_jobs.control`` runs the job and watches its progress.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config
 from pipeline.events import dead_letter_dir, spool_dir
 
 JOB_NAME = "recsys-rating-features"
@@ -185,37 +180,3 @@ def make_env(cfg: Config, restore_from: Path | None, local: bool = True) -> Any:
         env = StreamExecutionEnvironment.get_execution_environment()
         env.configure(conf)
     return env
-
-
-def submitted_by_flink_cli() -> bool:
-    """True inside `flink run -py` (the client's JVM gateway is already running)."""
-    return "PYFLINK_GATEWAY_PORT" in os.environ
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m flink_jobs.rating_features` and `flink run -py`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--home", help="home directory (default $RECSYS_HOME or ./var)")
-    parser.add_argument("--config", help="TOML config file")
-    parser.add_argument("--from-start", action="store_true", help="ignore retained checkpoints")
-    args = parser.parse_args(argv)
-    cfg = load_config(home=args.home, config_file=args.config)
-    check_setup(cfg)
-    if not submitted_by_flink_cli():
-        from flink_jobs.control import run_foreground
-
-        return run_foreground(cfg, restore=not args.from_start, log=lambda m: print(m, file=sys.stderr, flush=True))
-    from flink_jobs.control import resolve_redis_url
-
-    from flink_jobs.checkpoints import checkpoint_dir, latest_checkpoint
-
-    restore = None if args.from_start else latest_checkpoint(checkpoint_dir(cfg))
-    env = make_env(cfg, restore, local=False)
-    build(env, cfg, resolve_redis_url(cfg))
-    client = env.execute_async(JOB_NAME)
-    print(f"submitted {JOB_NAME} as job {client.get_job_id()} (restored from {restore or 'nothing'})", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,7 +25,7 @@ import numpy as np
 
 from model.data import USER_COUNT_SCALE
 from model.signature import SERVING_INPUTS, SIGNATURE_NAME, MovieInputs, UserInput, build_request
-from pipeline.home import Home
+from pipeline.home import Home, model_versions
 
 MODEL_NAME = "ranker"
 
@@ -35,15 +35,13 @@ def model_base(home: Home, name: str = MODEL_NAME) -> Path:
 
 
 def exported_versions(home: Home, name: str = MODEL_NAME) -> list[int]:
-    """Integer versions exported under ``<home>/models/<name>/``, newest first."""
-    base = model_base(home, name)
-    return sorted((int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True) \
-        if base.exists() else []
+    """Complete versions exported under ``<home>/models/<name>/``, newest first (what a poller would serve)."""
+    return sorted(model_versions(model_base(home, name)), reverse=True)
 
 
 def next_version(base: Path) -> int:
-    versions = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.exists() else []
-    return max(versions, default=0) + 1
+    """One past every integer directory under ``base``, complete or not, so no export overwrites another."""
+    return max(model_versions(base, complete_only=False), default=0) + 1
 
 
 def _write_vocab_files(vocab: Any, folder: Path) -> dict[str, Path]:

@@ -38,6 +38,28 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def model_versions(base: Path, complete_only: bool = True) -> dict[int, Path]:
+    """Integer version directories of a TF Serving model base path (``<base>/<n>/``), by version.
+
+    The one reading of that layout: the model server's poller and ``recsys serve``
+    take only complete versions (``saved_model.pb`` present); ``recsys export`` numbers
+    the next one past every integer directory (``complete_only=False``). Dot-names (an
+    export in progress) are never versions.
+    """
+    out: dict[int, Path] = {}
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return out
+    for e in entries:
+        if not e.name.isdigit() or not e.is_dir():
+            continue
+        p = Path(e.path)
+        if not complete_only or (p / "saved_model.pb").is_file():
+            out[int(e.name)] = p
+    return out
+
+
 @dataclass(frozen=True)
 class Home:
     """Paths of one home; creating the object creates nothing on disk."""

@@ -96,9 +96,3 @@ def run(spark, cfg: Config, version: str) -> dict[str, Any]:  # noqa: ANN001
     n_users = spark.read.parquet(str(user_out)).count()
     return {"users": n_users, "movies": int(len(movie_pdf)), "movies_in_catalog": int(movie_pdf["in_catalog"].sum()),
             "global_mean_rating": round(global_mean, 4)}
-
-
-if __name__ == "__main__":
-    from spark_jobs.main import job_main
-
-    job_main("features")

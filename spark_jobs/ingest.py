@@ -7,7 +7,7 @@ the same pure function the plain-Python loader uses.
 
 Run alone::
 
-    spark-submit spark_jobs/ingest.py --home var --version v... --data path/to/ml-1m
+    spark-submit spark_jobs/main.py ingest --home var --data path/to/ml-1m
 """
 
 from __future__ import annotations
@@ -84,9 +84,3 @@ def run(spark, cfg: Config, version: str, data_dir: Path) -> dict[str, Any]:  # 
     if summary["tables"]["ratings"]["rows"] == 0:
         raise ml.DatasetError(f"{data_dir}: no ratings could be read")
     return summary
-
-
-if __name__ == "__main__":
-    from spark_jobs.main import job_main
-
-    job_main("ingest")

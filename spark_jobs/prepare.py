@@ -87,9 +87,3 @@ def run(spark, cfg: Config, version: str) -> dict[str, Any]:  # noqa: ANN001
     by_split = {r["split"]: r["count"] for r in df.groupBy("split").count().collect()}
     return {**stats, "split_mode": cfg.data.split, "rows_by_split": by_split,
             "dropped_ratings": read_table(spark, table_path(home, version, "ratings")).count() - stats["rows"]}
-
-
-if __name__ == "__main__":
-    from spark_jobs.main import job_main
-
-    job_main("prepare")

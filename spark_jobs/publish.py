@@ -167,9 +167,3 @@ def run(spark, cfg: Config, version: str) -> dict[str, Any]:  # noqa: ANN001
             return publish(spark, cfg, version, client)
         finally:
             client.close()
-
-
-if __name__ == "__main__":
-    from spark_jobs.main import job_main
-
-    job_main("publish")

@@ -237,9 +237,3 @@ def run(spark, cfg: Config, version: str) -> dict[str, Any]:  # noqa: ANN001
                       "alpha": cfg.recall.als_alpha, "iters": cfg.recall.als_iters}
     summary["item2vec"] = w2v is not None
     return summary
-
-
-if __name__ == "__main__":
-    from spark_jobs.main import job_main
-
-    job_main("recall")

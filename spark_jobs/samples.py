@@ -88,9 +88,3 @@ def run(spark, cfg: Config, version: str) -> dict[str, Any]:  # noqa: ANN001
     return {"examples_by_split": counts, "negatives_per_example": cfg.samples.negatives,
             "history_len": cfg.samples.history_len, "vocab_sizes": {k: len(v) for k, v in vocab.items() if isinstance(v, list)},
             "users": spark.read.parquet(str(table_path(home, version, "heldout"))).where(F.col("val_movie").isNotNull()).count()}
-
-
-if __name__ == "__main__":
-    from spark_jobs.main import job_main
-
-    job_main("samples")

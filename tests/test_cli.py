@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli
+from recsys import cli
 
 COMMANDS = [[], ["data"], ["data", "synth"], ["data", "inspect"], ["batch"], ["evaluate"], ["train"], ["export"],
             ["explain"], ["redis"], ["config"],

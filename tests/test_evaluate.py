@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import redis
 
-from pipeline import cli
+from recsys import cli
 from pipeline.evaluate import EvaluationError, evaluate_recall, load_heldout
 from pipeline.home import Home, table_path
 from tests.conftest import make_config

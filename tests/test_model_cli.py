@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli
+from recsys import cli
 
 pytestmark = [pytest.mark.spark, pytest.mark.tf]
 

@@ -1,4 +1,4 @@
-"""The embedded TF-Serving-protocol model server (serving/model_server.py), end to end.
+"""The embedded TF-Serving-protocol model server (the serving/model_server package), end to end.
 
 Real TensorFlow, real gRPC over loopback, the tiny ranker of the shared ``exported_model``
 fixture. Every server here gets its own copy of the model base path, so adding or

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import cli
+from recsys import cli
 from pipeline.home import Home, table_path
 from tests.conftest import make_config
 from tests.test_model_cli import TINY

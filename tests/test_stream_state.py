@@ -147,7 +147,7 @@ def test_latest_checkpoint_is_the_newest_complete_one(tmp_path: Path) -> None:
 
 def test_kafka_without_the_connector_jar_fails_at_start_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from flink_jobs.rating_features import StreamSetupError, check_setup
-    from pipeline.cli import main
+    from recsys.cli import main
     from tests.conftest import make_config
 
     cfg = make_config(tmp_path, stream={"source": "kafka"}, events={"kafka_bootstrap": "127.0.0.1:9092"})

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.commands.ui import UsageError, config_from, console, print_table, progress_bar
+from recsys.commands.ui import UsageError, config_from, console, print_table, progress_bar
 from pipeline.config import Config
 from pipeline.home import Home
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pipeline.commands.ui import config_from, out, print_table
+from recsys.commands.ui import config_from, out, print_table
 from pipeline.home import Home
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from pipeline.commands.ui import config_from, out
+from recsys.commands.ui import config_from, out
 from pipeline.config import as_dict, sample_toml
 from pipeline.home import Home
 

@@ -7,7 +7,7 @@ import signal
 import threading
 from typing import Any
 
-from pipeline.commands.ui import config_from, console
+from recsys.commands.ui import config_from, console
 
 
 def serve_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

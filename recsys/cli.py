@@ -1,4 +1,4 @@
-"""The `recsys` command line: parses flags and hands over to ``pipeline.commands``.
+"""The `recsys` command line: parses flags and hands over to ``recsys.commands``.
 
     recsys [--home DIR] [--config FILE] <command> ...
 
@@ -14,14 +14,16 @@ import argparse
 import os
 import sys
 
-from pipeline.commands import batch as batch_cmd
-from pipeline.commands import data as data_cmd
-from pipeline.commands import demo as demo_cmd
-from pipeline.commands import evaluate as evaluate_cmd
-from pipeline.commands import model as model_cmd
-from pipeline.commands import ops as ops_cmd
-from pipeline.commands import serve as serve_cmd
-from pipeline.commands.ui import UsageError, console, out  # noqa: F401 - `out` is what tests capture
+from recsys.commands import batch as batch_cmd
+from recsys.commands import data as data_cmd
+from recsys.commands import demo as demo_cmd
+from recsys.commands import evaluate as evaluate_cmd
+from recsys.commands import model as model_cmd
+from recsys.commands import ops as ops_cmd
+from recsys.commands import serve as serve_cmd
+from recsys.commands import stream as stream_cmd
+from recsys.commands.ui import UsageError, console, out  # noqa: F401 - `out` is what tests capture
+from flink_jobs.main import add_job_arguments
 from pipeline.config import ConfigError
 
 
@@ -112,13 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     conf.set_defaults(func=ops_cmd.cmd_config)
 
     st = sub.add_parser("stream", help="the Flink job: rating events -> online features in Redis, until Ctrl-C")
-    st.add_argument("--from-start", "--no-restore", dest="from_start", action="store_true",
-                    help="ignore retained checkpoints: empty state, the whole spool again (Redis values are rewritten)")
-    st.add_argument("--until-idle", type=float, metavar="SECONDS",
-                    help="stop once every spool line is consumed and nothing new arrived for SECONDS")
-    st.add_argument("--max-seconds", type=float, metavar="SECONDS", help="stop after SECONDS")
-    from pipeline.commands import stream as stream_cmd  # imported here: this block is the stream plane's part of cli.py
-
+    add_job_arguments(st)  # the job's own options, the same as `python -m flink_jobs.main`
     st.set_defaults(func=stream_cmd.cmd_stream)
 
     demo = sub.add_parser("demo", help="synthetic data -> batch -> ranker -> serving + stream, end to end")

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.commands.data import ensure_default_data
-from pipeline.commands.ui import config_from, print_table, progress_bar
+from recsys.commands.data import ensure_default_data
+from recsys.commands.ui import config_from, print_table, progress_bar
 from pipeline.config import Config
 
 

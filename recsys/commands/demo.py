@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.commands.batch import run_batch_with_progress
-from pipeline.commands.data import ensure_default_data
-from pipeline.commands.ui import config_from, console, print_table
+from recsys.commands.batch import run_batch_with_progress
+from recsys.commands.data import ensure_default_data
+from recsys.commands.ui import config_from, console, print_table
 from pipeline.config import Config
 from pipeline.home import Home
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands.ui import config_from, console, print_table, progress_bar
+from recsys.commands.ui import config_from, console, print_table, progress_bar
 from pipeline.config import Config
 from pipeline.home import Home
 

@@ -1,1 +1,0 @@
-"""One module per group of `recsys` commands; `pipeline.cli` only builds the parser."""

@@ -1,0 +1,1 @@
+"""One module per group of `recsys` commands; `recsys.cli` only builds the parser."""

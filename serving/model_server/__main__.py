@@ -1,0 +1,7 @@
+"""``python -m serving.model_server``."""
+
+import sys
+
+from serving.model_server.main import main
+
+sys.exit(main())
