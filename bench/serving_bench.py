@@ -22,7 +22,6 @@ Writes bench/results/serving-<time>.json with the machine's description.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import threading
 import time
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_model(stack)
         gw = stack.gateway
         view = gw.versions.view()
-        users = _known_users(gw, args.users)
+        users = view.store.user_ids(args.users)
         # One real Predict request of the size Recommend sends, for the model-alone runs.
         ctx, feats = view.store.user_context(users[0], history_len=cfg.features.history_len)
         from pipeline.recall import merge
@@ -191,18 +190,6 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result(result, args.out, "serving")
     console.print(f"wrote {path}")
     return 0
-
-
-def _known_users(gw: Any, n: int) -> list[int]:
-    """Users with published features (scan of the current version's user hashes)."""
-    view = gw.versions.view()
-    pattern = view.store.keys.user(view.store.version, 0)[:-1] + "*"
-    users = []
-    for key in gw.client.scan_iter(match=pattern, count=1000):
-        users.append(int(key.decode().rsplit(":", 1)[1]))
-        if len(users) >= n:
-            break
-    return sorted(users)
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.serving_bench import ensure_home
     from pipeline import keys as K
     from pipeline.redis_server import redis_for_home
-    from serving.evaluate import clear_online_state
+    from pipeline.store import RedisStore
 
     cfg = ensure_home(Path(args.home) if args.home else Path("bench/.home"), args.ratings)
     work = Path(cfg.home) / "bench-stream"
@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         movies = json.loads(client.get(keys.movie_ids(version)))
         users = list(range(1, 6041))
         events = synthetic_events(users, movies, args.events)
-        clear_online_state(client, cfg.redis.key_prefix)
+        store = RedisStore(client, cfg.redis.key_prefix)
+        store.clear_online()
         console.print(f"throughput: {args.events:,} events through the job ...")
         tp, job = throughput(cfg, events, client)
         try:
@@ -225,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             fr = freshness(cfg, job, client, args.rate, args.fresh_seconds)
         finally:
             job.stop()
-        clear_online_state(client, cfg.redis.key_prefix)
+        store.clear_online()
         console.print("floor: the same work as a plain Python loop ...")
         floor = python_floor(cfg, events, client)
-        clear_online_state(client, cfg.redis.key_prefix)
+        store.clear_online()
         client.close()
     shutil.rmtree(work, ignore_errors=True)
     result = {"benchmark": "stream", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": describe(),

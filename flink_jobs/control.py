@@ -31,14 +31,12 @@ from typing import Callable
 import redis
 
 from pipeline import keys as K
-from pipeline.config import Config, _toml_value, as_dict
+from pipeline.config import Config, config_toml
 from pipeline.events import IN_PROGRESS_PREFIX, segments, spool_dir
 from pipeline.home import Home, atomic_write_text
 
 from flink_jobs.checkpoints import checkpoint_dir, latest_checkpoint, prune
 from flink_jobs.rating_features import JOB_NAME, build, check_setup, make_env
-
-COUNTERS = ("applied", "duplicate", "malformed")
 
 
 class StreamError(RuntimeError):
@@ -48,14 +46,7 @@ class StreamError(RuntimeError):
 # --- progress -------------------------------------------------------------------------------
 def stream_stats(client: redis.Redis, prefix: str) -> dict[str, int]:
     """Summed progress counters of the job (0 before it counted anything)."""
-    raw = client.hgetall(K.Keys(prefix).stream_stats())
-    out = {c: 0 for c in COUNTERS}
-    for field, value in raw.items():
-        name = (field.decode() if isinstance(field, bytes) else field).split(":", 1)[0]
-        if name in out:
-            out[name] += int(value)
-    out["consumed"] = sum(out[c] for c in COUNTERS)
-    return out
+    return K.decode_stream_stats(client.hgetall(K.Keys(prefix).stream_stats()))
 
 
 class SpoolCounter:
@@ -156,7 +147,7 @@ def resolve_redis_url(cfg: Config) -> str:
 
 
 def _source_text(cfg: Config) -> str:
-    if cfg.stream.source == "kafka":
+    if cfg.events.log == "kafka":
         return f"Kafka topic {cfg.events.kafka_topic!r} at {cfg.events.kafka_bootstrap}"
     return f"spool {spool_dir(cfg)} (new segments every {cfg.stream.monitor_interval_ms} ms)"
 
@@ -192,7 +183,7 @@ def run_foreground(cfg: Config, redis_url: str | None = None, restore: bool = Tr
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
-    counter = SpoolCounter(spool_dir(cfg)) if cfg.stream.source == "spool" else None
+    counter = SpoolCounter(spool_dir(cfg)) if cfg.events.log == "spool" else None
     started = time.monotonic()
     last_status = started
     last_change, last_lines = started, -1
@@ -237,19 +228,6 @@ def run_foreground(cfg: Config, redis_url: str | None = None, restore: bool = Tr
 
 
 # --- background run (Python API) ------------------------------------------------------------
-def _write_config(cfg: Config, path: Path) -> Path:
-    """The effective configuration as TOML, so a subprocess sees exactly ``cfg`` (overrides included)."""
-    lines = []
-    for section, values in as_dict(cfg).items():
-        if section == "home":
-            continue
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-        lines.append("")
-    atomic_write_text(path, "\n".join(lines))
-    return path
-
-
 class StreamHandle:
     """A stream job subprocess (``python -m flink_jobs.main``) for one configuration."""
 
@@ -323,7 +301,8 @@ def start_stream(cfg: Config, restore: bool = True, until_idle: float | None = N
     written out as its config file.
     """
     home = Home(cfg.home)
-    config_path = _write_config(cfg, cfg.home / "stream" / "stream-config.toml")
+    config_path = cfg.home / "stream" / "stream-config.toml"
+    atomic_write_text(config_path, config_toml(cfg))  # the child sees exactly cfg, overrides included
     log_path = log_path or home.logs / "stream.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "flink_jobs.main", "--home", str(cfg.home), "--config", str(config_path)]

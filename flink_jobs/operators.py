@@ -7,7 +7,7 @@ a plain ``JobSettings`` (picklable, no Config object inside the Python workers).
 Records between operators are tuples (Flink's tuple coder is much cheaper than pickling):
 
 - event:  (event_id, user_id, movie_id, rating, ts)
-- stat:   (shard, counter) with counter in ``COUNTERS``
+- stat:   (shard, counter) with counter in ``pipeline.keys.STREAM_COUNTERS``
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pipeline import keys as K
 
 EVENT_TYPE = Types.TUPLE([Types.STRING(), Types.LONG(), Types.LONG(), Types.DOUBLE(), Types.LONG()])
 STAT_TYPE = Types.TUPLE([Types.INT(), Types.STRING()])
-COUNTERS = ("applied", "duplicate", "malformed")
 STAT_SHARDS = 8  # progress counters are keyed by shard so they scale out with the job
 
 DEAD_LETTER = OutputTag("dead-letter", Types.STRING())
@@ -194,5 +193,5 @@ class StreamStats(KeyedProcessFunction, _RedisFunction):
         counts = json.loads(raw) if raw else {}
         counts[counter] = counts.get(counter, 0) + 1
         self.counts.update(json.dumps(counts))
-        self.writer.hset_field(self.keys.stream_stats(), f"{counter}:{shard}", str(counts[counter]))
+        self.writer.hset_field(self.keys.stream_stats(), K.stream_stat_field(counter, shard), str(counts[counter]))
         return []

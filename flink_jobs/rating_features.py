@@ -51,7 +51,7 @@ def kafka_jar(cfg: Config) -> Path:
     if path is None or not path.is_file():
         where = f"stream.kafka_jar = {str(path)!r} does not exist" if path else "stream.kafka_jar is not set"
         raise StreamSetupError(
-            f"stream.source = 'kafka' needs the Flink Kafka connector jar, and {where}. Download "
+            f"events.log = 'kafka' needs the Flink Kafka connector jar, and {where}. Download "
             f"{KAFKA_JAR_HINT} and set stream.kafka_jar in recsys.toml or RECSYS_STREAM_KAFKA_JAR to its path "
             "(the connector cannot be installed from PyPI; the deploy image supplies it in production).")
     return path.absolute()
@@ -59,10 +59,10 @@ def kafka_jar(cfg: Config) -> Path:
 
 def check_setup(cfg: Config) -> None:
     """Fail before anything starts when the configured source cannot work."""
-    if cfg.stream.source == "kafka":
+    if cfg.events.log == "kafka":
         kafka_jar(cfg)
         if not cfg.events.kafka_bootstrap:
-            raise StreamSetupError("stream.source = 'kafka' needs events.kafka_bootstrap (host:port,...)")
+            raise StreamSetupError("events.log = 'kafka' needs events.kafka_bootstrap (host:port,...)")
 
 
 def flink_settings(cfg: Config, restore_from: Path | None, local: bool) -> dict[str, str]:
@@ -96,7 +96,7 @@ def flink_settings(cfg: Config, restore_from: Path | None, local: bool) -> dict[
 def _source(env: Any, cfg: Config) -> Any:
     from pyflink.common import Duration, WatermarkStrategy
 
-    if cfg.stream.source == "kafka":
+    if cfg.events.log == "kafka":
         from pyflink.common.serialization import SimpleStringSchema
         from pyflink.datastream.connectors.kafka import (KafkaOffsetResetStrategy, KafkaOffsetsInitializer,
                                                          KafkaSource)

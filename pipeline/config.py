@@ -179,7 +179,7 @@ class RedisConfig:
 class EventsConfig:
     """The rating event log between the gateway (writer) and the stream job (reader)."""
 
-    log: str = _f("spool", "Event log: 'spool' (JSON-lines segment files under the home, the embedded default) or 'kafka' (production).", ("spool", "kafka"))
+    log: str = _f("spool", "Event log: 'spool' (JSON-lines segment files under the home, the embedded default) or 'kafka' (production). The one choice: the gateway writes this log and the stream job reads it.", ("spool", "kafka"))
     spool_dir: str = _f("", "Spool directory of rolled segments; empty = <home>/events/spool.")
     dead_letter_dir: str = _f("", "Where malformed events go with their reason; empty = <home>/events/dead-letter.")
     roll_seconds: float = _f(1.0, "A spool segment is closed and made visible (atomic rename) after this many seconds ...")
@@ -216,8 +216,7 @@ class ServingConfig:
 class StreamConfig:
     """The Flink job that turns rating events into online features in Redis."""
 
-    source: str = _f("spool", "Where events come from: the spool directory (embedded default) or Kafka.", ("spool", "kafka"))
-    kafka_jar: str = _f("", "Path of flink-sql-connector-kafka-*.jar (needed when source = 'kafka').")
+    kafka_jar: str = _f("", "Path of flink-sql-connector-kafka-*.jar (needed when events.log = 'kafka').")
     parallelism: int = _f(1, "Flink parallelism.")
     checkpoint_interval_ms: int = _f(5000, "Checkpoint interval; state and source position survive a restart.")
     checkpoint_dir: str = _f("", "Checkpoint directory; empty = <home>/stream/checkpoints.")
@@ -306,6 +305,13 @@ def _coerce(value: Any, typ: Any, where: str, choices: tuple[str, ...] | None) -
     return out
 
 
+# Keys that existed once, with what replaces them: a config that still sets one fails saying so.
+REMOVED_KEYS: dict[tuple[str, str], str] = {
+    ("stream", "source"): "the event log is chosen once, by events.log ('spool' or 'kafka'): the gateway "
+                          "writes it and the stream job reads it",
+}
+
+
 def _merge(cfg: Config, data: Mapping[str, Any], source: str) -> Config:
     """Apply a nested mapping {section: {key: value}} onto ``cfg``, strictly."""
     changes: dict[str, Any] = {}
@@ -322,6 +328,8 @@ def _merge(cfg: Config, data: Mapping[str, Any], source: str) -> Config:
         current = getattr(cfg, section)
         updates = {}
         for key, value in values.items():
+            if (section, key) in REMOVED_KEYS:
+                raise ConfigError(f"{source}: {section}.{key} is gone: {REMOVED_KEYS[section, key]}")
             if key not in fields:
                 raise ConfigError(f"{source}: unknown key '{key}' in [{section}] (known: {', '.join(fields)})")
             f = fields[key]
@@ -377,6 +385,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
         for section, cls in _SECTION_TYPES.items():
             if rest.startswith(section + "_"):
                 key = rest[len(section) + 1:]
+                if (section, key) in REMOVED_KEYS:
+                    raise ConfigError(f"environment: {name} is gone: {REMOVED_KEYS[section, key]}")
                 if key not in {f.name for f in dataclasses.fields(cls)}:
                     raise ConfigError(f"environment: {name} names no key of [{section}]")
                 out.setdefault(section, {})[key] = value
@@ -445,6 +455,23 @@ def sample_toml() -> str:
                 doc += f" One of: {', '.join(choices)}."
             lines.append(f"# {doc}")
             lines.append(f"{f.name} = {_toml_value(default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def config_toml(cfg: Config) -> str:
+    """The effective configuration as TOML (every key, overrides applied; the home is left out).
+
+    What a child process is handed so that it sees exactly ``cfg``: the stream job
+    started by ``flink_jobs.control.start_stream``, or a job submitted to a cluster.
+    ``load_config(config_file=...)`` of the result gives ``cfg`` back.
+    """
+    lines = []
+    for section, values in as_dict(cfg).items():
+        if section == "home":
+            continue
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
         lines.append("")
     return "\n".join(lines)
 

@@ -102,6 +102,10 @@ class Keys:
         return f"{self.version_prefix(version)}glist:{name}"
 
     # --- online (stream) keys, unversioned --------------------------------------
+    def online_prefix(self) -> str:
+        """Every stream-derived key starts with this (SCAN patterns: clearing, counting)."""
+        return f"{self.base}:online:"
+
     def online_history(self, user_id: int) -> str:
         """STRING: JSON [[movie_id, rating, ts], ...] of ratings seen by the stream."""
         return f"{self.base}:online:hist:{int(user_id)}"
@@ -139,6 +143,27 @@ def list_toprated(genre: str | None = None) -> str:
 
 def list_demographic(age_bucket: int | None, gender: str | None) -> str:
     return f"popular:demo:{age_bucket if age_bucket is not None else 'any'}:{gender or 'any'}"
+
+
+# --- the stream job's progress counters (online:stats) --------------------------
+# Fields are "<counter>:<shard>", each an absolute count from keyed state; readers sum the shards.
+STREAM_COUNTERS = ("applied", "duplicate", "malformed")
+
+
+def stream_stat_field(counter: str, shard: int) -> str:
+    _check(counter, STREAM_COUNTERS)
+    return f"{counter}:{int(shard)}"
+
+
+def decode_stream_stats(raw: dict[bytes | str, bytes | str]) -> dict[str, int]:
+    """The online:stats hash summed over shards, plus ``consumed`` (every counted line)."""
+    out = {c: 0 for c in STREAM_COUNTERS}
+    for field, value in raw.items():
+        name = (field.decode() if isinstance(field, bytes) else field).split(":", 1)[0]
+        if name in out:
+            out[name] += int(value)
+    out["consumed"] = sum(out[c] for c in STREAM_COUNTERS)
+    return out
 
 
 # --- value codecs -------------------------------------------------------------------

@@ -25,6 +25,7 @@ import redis
 from pipeline.config import Config
 from pipeline.events import EventLog, open_event_log
 from pipeline.home import Home
+from pipeline.store import RedisStore
 from serving.gateway import Gateway
 from serving.grpc_api import start_grpc
 from serving.http_api import start_http
@@ -51,6 +52,7 @@ class RunningGateway:
     events: EventLog | None
     model_target: str
     extras: dict[str, Any] = field(default_factory=dict)
+    store: RedisStore | None = None  # what the gateway reads; its client is closed on stop
 
     @property
     def grpc_target(self) -> str:
@@ -61,7 +63,8 @@ class RunningGateway:
         self.http_server.shutdown()
         self.http_server.server_close()
         self.gateway.ranking.close()
-        self.gateway.client.close()
+        if self.store is not None:
+            self.store.client.close()
         if self.events is not None:
             self.events.close()
 
@@ -71,7 +74,8 @@ def start_gateway(cfg: Config, redis_url: str, model_target: str, with_events: b
     client = gateway_redis(redis_url, s.redis_timeout_ms)
     ranking = RankingClient(model_target, s.model_name, s.model_timeout_ms / 1000.0)
     events = open_event_log(cfg) if with_events else None
-    gateway = Gateway(cfg, client, ranking, events, GatewayMetrics())
+    store = RedisStore(client, cfg.redis.key_prefix)
+    gateway = Gateway(cfg, store, ranking, events, GatewayMetrics())
     grpc_server = None
     try:
         grpc_server, grpc_port = start_grpc(gateway, s.bind, s.grpc_port)
@@ -84,7 +88,7 @@ def start_gateway(cfg: Config, redis_url: str, model_target: str, with_events: b
         if events is not None:
             events.close()
         raise
-    return RunningGateway(gateway, grpc_port, http_port, grpc_server, http_server, events, model_target)
+    return RunningGateway(gateway, grpc_port, http_port, grpc_server, http_server, events, model_target, store=store)
 
 
 def model_base_path(cfg: Config) -> Any:

@@ -8,22 +8,20 @@ Redis itself is down (the "last good" fallback).
 
 Example::
 
-    catalog = MovieCatalog.load(store)          # store: pipeline.store.RedisStore
+    catalog = MovieCatalog.load(store)          # store: any pipeline.store.OnlineStore
     catalog.movie_inputs([1, 2, 3])              # -> model.signature.MovieInputs
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from model.signature import MovieInputs
 from pipeline import keys as K
-from pipeline.store import RedisStore
-
-LOAD_CHUNK = 1000  # hashes per pipelined round trip
+from pipeline.schemas import GENRES
+from pipeline.store import OnlineStore
 
 
 @dataclass(frozen=True)
@@ -47,19 +45,9 @@ class MovieCatalog:
     popular_by_genre: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, store: RedisStore) -> "MovieCatalog":
-        ids = json.loads(store.client.get(store.keys.movie_ids(store.version)) or "[]")
-        movies: dict[int, Movie] = {}
-        for start in range(0, len(ids), LOAD_CHUNK):
-            chunk = ids[start:start + LOAD_CHUNK]
-            pipe = store.client.pipeline(transaction=False)
-            for movie_id in chunk:
-                pipe.hgetall(store.keys.movie(store.version, movie_id))
-            for movie_id, raw in zip(chunk, pipe.execute()):
-                if raw:
-                    movies[int(movie_id)] = _movie(int(movie_id), K.decode_fields(raw))
-        from pipeline.schemas import GENRES
-
+    def load(cls, store: OnlineStore) -> "MovieCatalog":
+        """The version's movies and popular lists; ``StoreUnavailable`` when the store cannot be read."""
+        movies = {movie_id: _movie(movie_id, f) for movie_id, f in store.movie_features().items()}
         by_genre = {g: store.global_list(K.list_popular(g)) for g in GENRES}
         return cls(version=store.version, movies=movies, popular=store.global_list(K.list_popular()),
                    popular_by_genre={g: lst for g, lst in by_genre.items() if lst})

@@ -82,16 +82,6 @@ def held_back_events(cfg: Any, max_events: int | None) -> Any:
     return held.head(max_events) if max_events else held
 
 
-def clear_online_state(client: Any, prefix: str) -> int:
-    """Delete every stream-derived key of the prefix (P3 runs start from the batch state only)."""
-    from pipeline import keys as K
-
-    n = 0
-    for key in client.scan_iter(match=K.Keys(prefix).base + ":online:*", count=1000):
-        n += client.delete(key)
-    return n
-
-
 def replay_p3(stub: Any, events: Any, k: int, sync: "StreamSync | None" = None, timeout: float = 30.0,
               on_progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Before each event ``Recommend(user, k)``, then ``RecordRating`` it.
@@ -151,7 +141,7 @@ class StreamSync:
         self.waits += 1
         self.stack.events.flush()
         self.job.wait_until_consumed(timeout=300, expected=self.recorded, checkpoint=False)
-        client = self.stack.gateway.client
+        client = self.stack.store.client
         end = time.monotonic() + 10  # features trail the counters by at most one bundle
         while time.monotonic() < end:
             hist = K.decode_history(client.get(self.keys.online_history(user_id)))
@@ -191,8 +181,7 @@ def evaluate_p3(cfg: Any, max_events: int | None = 2000, k: int = 10,
         sync = None
         with serving_stack(run_cfg) as stack:
             wait_for_model(stack)
-            client = stack.gateway.client
-            clear_online_state(client, cfg.redis.key_prefix)
+            stack.store.clear_online()  # both runs start from the batch state only
             job = start_stream(run_cfg, restore=False) if mode == "on" else None
             try:
                 with grpc.insecure_channel(stack.grpc_target) as channel:
@@ -202,7 +191,7 @@ def evaluate_p3(cfg: Any, max_events: int | None = 2000, k: int = 10,
             finally:
                 if job is not None:
                     job.stop()
-                clear_online_state(client, cfg.redis.key_prefix)
+                stack.store.clear_online()
         notes = [f"{metrics['degraded']} degraded answers"] if metrics["degraded"] else []
         if sync is not None:
             notes.append(f"{sync.waits} waits for the stream job")

@@ -1,13 +1,15 @@
 """The gateway's logic, independent of transport: recall -> filter -> features -> rank -> blend -> explain.
 
 The gRPC servicer and the HTTP mirror are thin adapters over ``Gateway``; both get
-the same answers, errors and degraded modes.
+the same answers, errors and degraded modes. The gateway reads through the online
+store interface (``pipeline.store.OnlineStore``: Redis in production, a dictionary
+store in unit tests) and ranks through a ``RankingClient``; it builds neither.
 
 Dependencies fail; the gateway does not:
 
 * the model server down or slow (``ModelUnavailable``): the merged recall order
   answers, ``degraded=True``;
-* Redis down or slow (``redis.RedisError``): the popular list of the last batch
+* Redis down or slow (``StoreUnavailable``): the popular list of the last batch
   version seen, held in memory, answers, ``degraded=True``;
 * both recover by themselves: the Redis client and the gRPC channel reconnect on the
   next call.
@@ -23,10 +25,9 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import redis
 
 from model.signature import UserInput, build_request
 from pipeline import keys as K
@@ -34,7 +35,7 @@ from pipeline import recall as R
 from pipeline.config import Config
 from pipeline.events import EventError, EventLog, new_event
 from pipeline.schemas import normalise_genre
-from pipeline.store import NotPublished, RedisStore
+from pipeline.store import NotPublished, OnlineStore, StoreUnavailable
 from serving.blend import blend, cap_genres, distinctive_history, reasons_for
 from serving.catalog import MovieCatalog
 from serving.metrics import GatewayMetrics
@@ -103,7 +104,7 @@ class Answer:
 class BatchView:
     """One published version: its store (per-version caches) and its movie catalog."""
 
-    store: RedisStore
+    store: OnlineStore
     catalog: MovieCatalog
 
 
@@ -114,8 +115,9 @@ class VersionTracker:
     request never sees half a switch; when Redis cannot be read the last good view stays.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str, check_seconds: float) -> None:
-        self.client, self.prefix, self.check_seconds = client, prefix, check_seconds
+    def __init__(self, store: OnlineStore, check_seconds: float,
+                 load_catalog: Callable[[OnlineStore], MovieCatalog] = MovieCatalog.load) -> None:
+        self.store, self.check_seconds, self.load_catalog = store, check_seconds, load_catalog
         self._view: BatchView | None = None
         self._checked = 0.0
         self._down_until = 0.0  # after a failed check, answer from the last good view until then
@@ -125,40 +127,55 @@ class VersionTracker:
     def last_good(self) -> BatchView | None:
         return self._view
 
+    def recheck(self) -> None:
+        """Make the next ``view()`` read the current version again (after a publish the caller knows of)."""
+        self._checked = float("-inf")
+        self._down_until = float("-inf")
+
     def view(self) -> BatchView:
-        """The current view; raises ``redis.RedisError`` / ``NotPublished`` when none can be read."""
+        """The current view; raises ``StoreUnavailable`` / ``NotPublished`` when none can be read."""
         now = time.monotonic()
         if self._view is not None and now - self._checked < self.check_seconds:
             return self._view
         if now < self._down_until:  # Redis failed a moment ago: do not queue every call behind a timeout
-            raise redis.ConnectionError("Redis did not answer the last version check")
+            raise StoreUnavailable("the store did not answer the last version check")
         with self._lock:
             if self._view is not None and time.monotonic() - self._checked < self.check_seconds:
                 return self._view
             try:
-                raw = self.client.get(K.Keys(self.prefix).current())
-            except redis.RedisError:
+                version = self.store.current_version()
+            except StoreUnavailable:
                 self._down_until = time.monotonic() + self.check_seconds
                 raise
-            if not raw:
-                raise NotPublished("nothing published yet: run `recsys batch`")
-            version = raw.decode()
+            except NotPublished:
+                raise NotPublished("nothing published yet: run `recsys batch`") from None
             if self._view is None or self._view.store.version != version:
-                store = RedisStore(self.client, self.prefix, version=version)
-                self._view = BatchView(store=store, catalog=MovieCatalog.load(store))
+                store = self.store.at_version(version)
+                self._view = BatchView(store=store, catalog=self.load_catalog(store))
             self._checked = time.monotonic()
             return self._view
 
 
 class Gateway:
-    def __init__(self, cfg: Config, client: redis.Redis, ranking: RankingClient, events: EventLog | None,
-                 metrics: GatewayMetrics | None = None) -> None:
-        self.cfg, self.client, self.ranking, self.events = cfg, client, ranking, events
+    """Recommend, Rank, SimilarMovies, RecordRating and health over a store, a ranking client and an event log.
+
+    ``store`` is any ``OnlineStore`` (its ``at_version`` views are what requests read);
+    ``load_catalog`` builds a version's in-memory movie catalog from such a view.
+    """
+
+    def __init__(self, cfg: Config, store: OnlineStore, ranking: RankingClient, events: EventLog | None,
+                 metrics: GatewayMetrics | None = None,
+                 load_catalog: Callable[[OnlineStore], MovieCatalog] = MovieCatalog.load) -> None:
+        self.cfg, self.store, self.ranking, self.events = cfg, store, ranking, events
         self.metrics = metrics or GatewayMetrics()
-        self.versions = VersionTracker(client, cfg.redis.key_prefix, cfg.serving.version_check_seconds)
+        self.versions = VersionTracker(store, cfg.serving.version_check_seconds, load_catalog)
         self.recall_cfg = replace(cfg.recall, merged_size=cfg.serving.candidates)
         self.history_len = cfg.samples.history_len
         self.title_len = cfg.features.title_max_tokens
+
+    def current_catalog(self) -> MovieCatalog:
+        """The movie catalog of the version requests read now (titles for a console, say)."""
+        return self.versions.view().catalog
 
     # --- validation -----------------------------------------------------------------------
     def _k(self, k: int) -> int:
@@ -193,7 +210,7 @@ class Gateway:
             return self.versions.view(), False
         except NotPublished as exc:
             raise Unavailable(str(exc)) from None
-        except redis.RedisError:
+        except StoreUnavailable:
             last = self.versions.last_good
             if last is None:
                 raise Unavailable("Redis is unreachable and no published version was read before") from None
@@ -257,7 +274,7 @@ class Gateway:
                            for name, items in per_channel.items()}
             candidates = R.fuse(per_channel, self.recall_cfg.merged_size)
             stages["recall"] = time.perf_counter() - t
-        except redis.RedisError:
+        except StoreUnavailable:
             return self._popular_answer(view, k, wanted, exclude=ctx.exclude if ctx else set())
         self.metrics.candidates.observe(len(candidates))
         answer = self._rank_and_blend(view, user_id, ctx, feats, candidates, k, explain, deadline, stages)
@@ -339,7 +356,7 @@ class Gateway:
         if not degraded:
             try:
                 ctx, feats = view.store.user_context(user_id, history_len=self.cfg.features.history_len)
-            except redis.RedisError:
+            except StoreUnavailable:
                 degraded = True
                 self.metrics.degraded.labels("rank", "redis").inc()
         request = build_request(self._user_input(user_id, ctx, feats), view.catalog.movie_inputs(ids),
@@ -367,7 +384,7 @@ class Gateway:
         if not degraded:
             try:
                 scored = view.store.item_lists("similar", [movie_id]).get(movie_id, [])
-            except redis.RedisError:
+            except StoreUnavailable:
                 degraded = True
                 self.metrics.degraded.labels("similar", "redis").inc()
         if degraded:  # same-genre popular movies from memory
@@ -395,7 +412,7 @@ class Gateway:
         try:
             status["batch_version"] = self.versions.view().store.version
             status["redis"] = True
-        except (redis.RedisError, NotPublished):
+        except (StoreUnavailable, NotPublished):
             pass
         try:
             status["model_version"] = self.ranking.model_status()

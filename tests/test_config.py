@@ -76,3 +76,23 @@ def test_two_homes_do_not_share_paths(tmp_path: Path) -> None:
 
     a, b = Home(tmp_path / "a"), Home(tmp_path / "b")
     assert {a.warehouse, a.redis_dir, a.events, a.models}.isdisjoint({b.warehouse, b.redis_dir, b.events, b.models})
+
+
+def test_effective_config_round_trips_through_toml(tmp_path: Path) -> None:
+    """config_toml is what a child process is handed: loading it gives the same Config back."""
+    from pipeline.config import config_toml
+
+    cfg = load_config(home=tmp_path, environ={}, overrides={
+        "recall": {"channels": ["als", "popular"], "quotas": {"als": 7}},
+        "serving": {"bind": "127.0.0.1", "recall_weight": 0.25}, "events": {"spool_dir": 'a "b"'}})
+    path = tmp_path / "effective.toml"
+    path.write_text(config_toml(cfg))
+    assert load_config(home=tmp_path, config_file=path, environ={}) == cfg
+
+
+def test_a_removed_key_says_what_replaces_it(tmp_path: Path) -> None:
+    (tmp_path / "recsys.toml").write_text('[stream]\nsource = "kafka"\n')
+    with pytest.raises(ConfigError, match="stream.source is gone: the event log is chosen once, by events.log"):
+        load_config(home=tmp_path, environ={})
+    with pytest.raises(ConfigError, match="RECSYS_STREAM_SOURCE is gone"):
+        load_config(home=tmp_path / "other", environ={"RECSYS_STREAM_SOURCE": "spool"})

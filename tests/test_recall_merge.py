@@ -1,49 +1,25 @@
-"""Recall channels and their fusion, on a hand-built store (pure logic, no services)."""
+"""Recall channels and their fusion, on a hand-built in-memory store (pure logic, no services)."""
 
 from __future__ import annotations
-
-from typing import Sequence
 
 import pytest
 
 from pipeline import keys as K
 from pipeline.config import load_config
 from pipeline.recall import CHANNELS, RRF_K, RecallContext, fuse, merge, run_channels
-
-
-class DictStore:
-    """An in-memory RecallStore: the same interface RedisStore implements over Redis."""
-
-    def __init__(self, user_lists=None, item_lists=None, global_lists=None, trending=None) -> None:  # noqa: ANN001
-        self.users = user_lists or {}
-        self.items = item_lists or {}
-        self.globals = global_lists or {}
-        self.trend = trending or []
-
-    def user_list(self, name: str, user_id: int):  # noqa: ANN201
-        return self.users.get((name, user_id), [])
-
-    def item_lists(self, name: str, movie_ids: Sequence[int]):  # noqa: ANN201
-        return {m: self.items.get((name, m), []) for m in movie_ids}
-
-    def global_list(self, name: str):  # noqa: ANN201
-        return self.globals.get(name, [])
-
-    def trending(self, n: int):  # noqa: ANN201
-        return self.trend[:n]
+from pipeline.store import InMemoryStore, PublishedVersion
 
 
 @pytest.fixture
-def store() -> DictStore:
-    return DictStore(
-        user_lists={("als", 1): [(10, 0.9), (11, 0.8), (1, 0.7), (12, 0.6)]},
-        item_lists={("next", 1): [(20, 0.5), (21, 0.3)], ("next", 2): [(21, 0.9), (22, 0.1)],
-                    ("similar", 2): [(30, 0.8), (1, 0.7)]},
+def store() -> InMemoryStore:
+    published = PublishedVersion(
+        user_lists={"als": {1: [(10, 0.9), (11, 0.8), (1, 0.7), (12, 0.6)]}},
+        item_lists={"next": {1: [(20, 0.5), (21, 0.3)], 2: [(21, 0.9), (22, 0.1)]}, "similar": {2: [(30, 0.8), (1, 0.7)]}},
         global_lists={K.list_popular(): [(1, 100.0), (40, 90.0), (41, 80.0)],
                       K.list_popular("Drama"): [(50, 10.0), (51, 9.0)], K.list_popular("War"): [(60, 5.0)],
                       K.list_demographic(25, "F"): [(70, 3.0), (1, 2.0)],
-                      K.list_toprated(): [(80, 4.5)]},
-        trending=[(90, 12.0), (1, 10.0)])
+                      K.list_toprated(): [(80, 4.5)]})
+    return InMemoryStore({"v1": published}, current="v1", trending=[(90, 12.0), (1, 10.0)])
 
 
 def ctx(**kw) -> RecallContext:  # noqa: ANN003
@@ -53,14 +29,14 @@ def ctx(**kw) -> RecallContext:  # noqa: ANN003
     return RecallContext(**base)
 
 
-def test_sequential_weights_recent_seeds_higher(store: DictStore) -> None:
+def test_sequential_weights_recent_seeds_higher(store: InMemoryStore) -> None:
     got = CHANNELS["sequential"](ctx(), store, 10, 10)
     # latest seed (2) weight 1, previous (1) weight 1/2: 21 -> 0.9 + 0.15, 20 -> 0.25, 22 -> 0.1
     assert [m for m, _ in got] == [21, 20, 22]
     assert got[0][1] == pytest.approx(1.05)
 
 
-def test_channels_exclude_seen_and_respect_quota(store: DictStore) -> None:
+def test_channels_exclude_seen_and_respect_quota(store: InMemoryStore) -> None:
     assert CHANNELS["als"](ctx(), store, 2, 10) == [(10, 0.9), (11, 0.8)]
     assert 1 not in [m for m, _ in CHANNELS["item_similar"](ctx(), store, 10, 10)]
     assert CHANNELS["popular"](ctx(), store, 10, 10) == [(40, 90.0), (41, 80.0)]
@@ -78,7 +54,7 @@ def test_fuse_is_reciprocal_rank_fusion() -> None:
     assert len(fuse({"a": [(i, 1.0) for i in range(50)]}, size=7)) == 7
 
 
-def test_merge_known_user_uses_configured_channels(store: DictStore, tmp_path) -> None:  # noqa: ANN001
+def test_merge_known_user_uses_configured_channels(store: InMemoryStore, tmp_path) -> None:  # noqa: ANN001
     cfg = load_config(home=tmp_path, environ={}).replace("recall", merged_size=5)
     merged = merge(ctx(), store, cfg.recall)
     assert len(merged) == 5
@@ -87,7 +63,7 @@ def test_merge_known_user_uses_configured_channels(store: DictStore, tmp_path) -
     assert list(per) == cfg.recall.channels
 
 
-def test_cold_user_gets_cold_start_channels(store: DictStore, tmp_path) -> None:  # noqa: ANN001
+def test_cold_user_gets_cold_start_channels(store: InMemoryStore, tmp_path) -> None:  # noqa: ANN001
     cfg = load_config(home=tmp_path, environ={})
     cold = ctx(user_id=999, history=[], exclude=set(), top_genres=[], age_bucket=None, gender=None)
     per = run_channels(cold, store, cfg.recall)

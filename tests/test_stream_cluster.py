@@ -24,8 +24,10 @@ import pyflink
 import pytest
 import redis
 
-from flink_jobs.control import _write_config, stream_stats
+from flink_jobs.control import stream_stats
 from pipeline import keys as K
+from pipeline.config import config_toml
+from pipeline.home import atomic_write_text
 from pipeline.events import SpoolWriter, new_event, spool_dir
 from pipeline.features import fold_user
 from pipeline.redis_server import free_port
@@ -106,7 +108,8 @@ def cluster(tmp_path: Path) -> Iterator[dict]:
 def test_flink_run_on_a_standalone_cluster(cluster: dict, redis_srv, tmp_path: Path) -> None:  # noqa: ANN001
     home = tmp_path / "home"
     cfg = make_config(home, redis_srv.url, stream={"checkpoint_interval_ms": 1000, "monitor_interval_ms": 200})
-    config_file = _write_config(cfg, tmp_path / "job.toml")
+    config_file = tmp_path / "job.toml"
+    atomic_write_text(config_file, config_toml(cfg))
     client = redis.Redis.from_url(redis_srv.url)
     keys = K.Keys(cfg.redis.key_prefix)
     submit = subprocess.run([str(ROOT / "deploy" / "flink-run.sh"), "-m", f"127.0.0.1:{cluster['rest']}", "-d", "--",

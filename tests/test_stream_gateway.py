@@ -14,7 +14,7 @@ import redis
 
 from pipeline import keys as K
 from serving.app import start_gateway
-from serving.evaluate import clear_online_state
+from pipeline.store import RedisStore
 from serving.protos.recsys.v1 import recommender_pb2 as pb
 from serving.protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from tests.test_gateway import _users, copy_version, gateway_config, spawn
@@ -66,4 +66,4 @@ def test_a_recorded_rating_leaves_the_next_recommend(exported_model: Path, p1_ba
         channel.close()
         running.stop()
         server.stop()
-        clear_online_state(redis_client, cfg.redis.key_prefix)
+        RedisStore(redis_client, cfg.redis.key_prefix).clear_online()

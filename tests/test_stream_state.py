@@ -150,14 +150,14 @@ def test_kafka_without_the_connector_jar_fails_at_start_naming_it(tmp_path: Path
     from recsys.cli import main
     from tests.conftest import make_config
 
-    cfg = make_config(tmp_path, stream={"source": "kafka"}, events={"kafka_bootstrap": "127.0.0.1:9092"})
+    cfg = make_config(tmp_path, events={"log": "kafka", "kafka_bootstrap": "127.0.0.1:9092"})
     with pytest.raises(StreamSetupError) as err:
         check_setup(cfg)
     for words in ("flink-sql-connector-kafka", "Flink 2.x", "stream.kafka_jar", "RECSYS_STREAM_KAFKA_JAR"):
         assert words in str(err.value)
     with pytest.raises(StreamSetupError, match="does not exist"):
         check_setup(cfg.replace("stream", kafka_jar=str(tmp_path / "missing.jar")))
-    (tmp_path / "recsys.toml").write_text('[stream]\nsource = "kafka"\n[events]\nkafka_bootstrap = "h:9092"\n')
+    (tmp_path / "recsys.toml").write_text('[events]\nlog = "kafka"\nkafka_bootstrap = "h:9092"\n')
     assert main(["--home", str(tmp_path), "stream", "--max-seconds", "1"]) == 2
     assert "flink-sql-connector-kafka" in capsys.readouterr().err
     assert not (tmp_path / "redis").exists(), "nothing was started"

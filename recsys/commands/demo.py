@@ -101,7 +101,6 @@ def _stream_part(cfg: Config, version: str, stack: Any, stub: Any, args: argpars
     import pandas as pd
 
     from flink_jobs.control import start_stream
-    from serving.evaluate import clear_online_state
 
     held = pd.read_parquet(table_path(Home(cfg.home), version, "interactions"), filters=[("split", "==", "test")])
     if held.empty:
@@ -110,7 +109,7 @@ def _stream_part(cfg: Config, version: str, stack: Any, stub: Any, args: argpars
     counts = held.groupby("user_id").size()
     user_id = int(counts[counts >= 3].index[0] if (counts >= 3).any() else counts.index[0])
     events = held[held["user_id"] == user_id].sort_values(["ts", "line"]).head(args.replay)
-    clear_online_state(stack.gateway.client, cfg.redis.key_prefix)
+    stack.store.clear_online()
     console.print("[bold]starting the stream job[/] (Flink mini-cluster, spool -> Redis) ...")
     job = start_stream(cfg, restore=False)
     try:
@@ -120,7 +119,7 @@ def _stream_part(cfg: Config, version: str, stack: Any, stub: Any, args: argpars
         for row in events.itertuples():
             stub.RecordRating(pb.RecordRatingRequest(user_id=user_id, movie_id=int(row.movie_id), rating=float(row.rating),
                                                      timestamp=int(row.ts)), timeout=10)
-            titles.append(stack.gateway.versions.view().catalog.title(int(row.movie_id)))
+            titles.append(stack.gateway.current_catalog().title(int(row.movie_id)))
         console.print(f"replayed {len(events)} held-back ratings of user {user_id} through RecordRating: "
                       + "; ".join(titles))
         t = time.perf_counter()

@@ -110,8 +110,7 @@ def _gateway_row(cfg: Config, data, args: argparse.Namespace):  # noqa: ANN001, 
                                                                     model_port=0)))
             target = running.grpc_target
             wait_for_model(running)
-            leftover = sum(1 for _ in running.gateway.client.scan_iter(
-                match=f"{running.gateway.versions.view().store.keys.base}:online:hist:*", count=1000))
+            leftover = running.store.online_users()
             if leftover:
                 console.print(f"[yellow]warning:[/] {leftover} users have stream (online) history in this Redis; "
                               "P1 through the gateway counts it as history (a stream job ran on this evaluation home)")

@@ -1,0 +1,266 @@
+"""The gateway's branches against the in-memory store: no Redis, Spark, TensorFlow or network.
+
+The gateway reads through ``pipeline.store.OnlineStore``; here that is
+``InMemoryStore`` over a small hand-made publish (12 movies in three genres, one known
+user), so each branch runs in milliseconds: known user, cold start, seen filter, genre
+filter, blend, Redis down (degraded), model down (degraded), version switch, Rank,
+SimilarMovies, RecordRating and validation.
+
+The ranking client is a fake, and the one fake here: a real model needs TensorFlow and
+a trained export, which is what ``tests/test_gateway.py`` runs end to end (real Redis,
+real model server, real gRPC and HTTP). ``ScriptedRanking`` scores each movie from a
+fixed table, so a test knows the model's order and can tell it from the recall order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline import keys as K
+from pipeline.config import Config, load_config
+from pipeline.events import RatingEvent
+from pipeline.store import InMemoryStore, PublishedVersion
+from serving.gateway import Gateway, InvalidArgument, NotFound, Unavailable
+from serving.ranking_client import ModelUnavailable, Ranking
+
+GENRE_OF = {m: ("Action" if m <= 4 else "Comedy" if m <= 8 else "Drama") for m in range(1, 13)}
+USER = 7
+
+
+class ScriptedRanking:
+    """Stands in for the model server (see the module docstring): a fixed score per movie."""
+
+    def __init__(self, scores: dict[int, float], version: str = "3") -> None:
+        self.scores, self.version = scores, version
+        self.down = False
+        self.requests: list[dict[str, np.ndarray]] = []
+
+    def rank(self, request: dict[str, np.ndarray], timeout_s: float | None = None) -> Ranking:
+        if self.down:
+            raise ModelUnavailable("scripted: model server down")
+        self.requests.append(request)
+        ids = [int(m) for m in request["movie_ids"][0]]
+        score = np.array([self.scores.get(m, 0.0) for m in ids], dtype=np.float32)
+        history = request["hist_movie_ids"].shape[1]
+        return Ranking(score=score, rating=1.0 + 4.0 * score, attention=np.zeros((len(ids), history), np.float32),
+                       model_version=self.version)
+
+    def model_status(self, timeout_s: float | None = None) -> str | None:
+        if self.down:
+            raise ModelUnavailable("scripted: model server down")
+        return self.version
+
+    def close(self) -> None:
+        pass
+
+
+class ListLog:
+    """An event log that keeps what it is given (``pipeline.events.EventLog``)."""
+
+    def __init__(self) -> None:
+        self.events: list[RatingEvent] = []
+
+    def append(self, event: RatingEvent) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+
+def published(tag: str = "") -> PublishedVersion:
+    movies = {m: {"title": f"{tag}Movie {m}", "genres": [g], "year": 1990 + m, "title_tokens": ["movie"],
+                  "n_ratings": 100 - m, "mean_rating": 3.5, "bayes_rating": 3.4, "popularity": float(100 - m)}
+              for m, g in GENRE_OF.items()}
+    by_genre = {g: [(m, float(100 - m)) for m in sorted(GENRE_OF) if GENRE_OF[m] == g] for g in set(GENRE_OF.values())}
+    lists: dict[str, list[tuple[int, float]]] = {K.list_popular(): [(m, float(100 - m)) for m in sorted(GENRE_OF)]}
+    lists.update({K.list_popular(g): v for g, v in by_genre.items()})
+    lists[K.list_demographic(25, "F")] = [(6, 1.0), (7, 0.9)]
+    return PublishedVersion(
+        users={USER: {"age_bucket": 25, "gender": "F", "occupation": "writer", "top_genres": ["Comedy"],
+                      "n_ratings": 3, "mean_rating": 4.0}},
+        histories={USER: [(1, 5.0, 100), (2, 4.0, 200), (5, 3.0, 300)]},
+        seen={USER: {1, 2, 5}},
+        user_lists={"als": {USER: [(3, 0.9), (6, 0.8), (9, 0.7)]}},
+        item_lists={"next": {5: [(6, 1.0), (7, 0.5)]}, "similar": {2: [(3, 1.0), (4, 0.5)]}},
+        global_lists=lists, movies=movies)
+
+
+def config(tmp_path: Path, **serving: Any) -> Config:
+    return load_config(home=tmp_path, environ={}, overrides={
+        "serving": {"version_check_seconds": 3600.0, "genre_cap": 1.0, **serving}, "redis": {"key_prefix": "unit"}})
+
+
+@pytest.fixture
+def store() -> InMemoryStore:
+    return InMemoryStore({"v1": published()}, current="v1")
+
+
+@pytest.fixture
+def model() -> ScriptedRanking:
+    # the model prefers higher movie ids: the opposite of every recall list
+    return ScriptedRanking({m: m / 100 for m in GENRE_OF})
+
+
+def make_gateway(cfg: Config, store: InMemoryStore, model: ScriptedRanking, events: ListLog | None = None) -> Gateway:
+    return Gateway(cfg, store, model, events)  # type: ignore[arg-type] - ScriptedRanking stands in for RankingClient
+
+
+def ids(answer: Any) -> list[int]:
+    return [item.movie_id for item in answer.items]
+
+
+def test_known_user_ranked_by_the_model_without_seen_movies(tmp_path: Path, store: InMemoryStore,
+                                                              model: ScriptedRanking) -> None:
+    answer = make_gateway(config(tmp_path), store, model).recommend(USER, k=5)
+    assert not answer.degraded and not answer.cold_start
+    assert answer.model_version == "3" and answer.batch_version == "v1"
+    got = ids(answer)
+    assert len(got) == 5 and not set(got) & {1, 2, 5}
+    assert got == sorted(got, reverse=True)  # the model's order (recall_weight 0)
+    sent = [int(m) for m in model.requests[-1]["movie_ids"][0]]
+    assert set(got) <= set(sent) and not set(sent) & {1, 2, 5}
+    assert [int(m) for m in model.requests[-1]["hist_movie_ids"][0] if m] == [1, 2, 5]
+    assert all(item.title == f"Movie {item.movie_id}" and item.year == 1990 + item.movie_id for item in answer.items)
+    assert all(item.reason for item in answer.items)
+
+
+def test_seen_movies_come_back_when_asked(tmp_path: Path, store: InMemoryStore, model: ScriptedRanking) -> None:
+    make_gateway(config(tmp_path), store, model).recommend(USER, k=5, exclude_seen=False)
+    assert {1, 2, 5} & {int(m) for m in model.requests[-1]["movie_ids"][0]}
+
+
+def test_stream_history_counts_as_seen(tmp_path: Path, store: InMemoryStore, model: ScriptedRanking) -> None:
+    store.online_histories[USER] = [(12, 5.0, 400)]
+    store.online_user_feats[USER] = {"n_ratings": 1, "mean_rating": 5.0}
+    answer = make_gateway(config(tmp_path), store, model).recommend(USER, k=10)
+    assert 12 not in ids(answer)
+    request = model.requests[-1]
+    assert [int(m) for m in request["hist_movie_ids"][0] if m] == [1, 2, 5, 12]
+
+
+def test_genre_filter_keeps_only_the_asked_genres(tmp_path: Path, store: InMemoryStore, model: ScriptedRanking) -> None:
+    gateway = make_gateway(config(tmp_path), store, model)
+    answer = gateway.recommend(USER, k=10, genres=["Drama"])
+    assert ids(answer) and all(GENRE_OF[m] == "Drama" for m in ids(answer))
+    with pytest.raises(InvalidArgument, match="unknown genre"):
+        gateway.recommend(USER, genres=["Space Opera"])
+
+
+def test_cold_start_keeps_the_recall_order_unless_configured(tmp_path: Path, store: InMemoryStore,
+                                                               model: ScriptedRanking) -> None:
+    answer = make_gateway(config(tmp_path), store, model).recommend(999, k=4)
+    assert answer.cold_start and not answer.degraded
+    assert ids(answer) == [1, 2, 3, 4]  # the popular list's order: the model is not asked to reorder
+    reranked = make_gateway(config(tmp_path, rank_cold_start=True), store, model).recommend(999, k=4)
+    assert reranked.cold_start and ids(reranked) == sorted(ids(reranked), reverse=True)
+
+
+def test_blend_weight_moves_the_order_towards_recall(tmp_path: Path, store: InMemoryStore,
+                                                     model: ScriptedRanking) -> None:
+    by_model = ids(make_gateway(config(tmp_path, recall_weight=0.0), store, model).recommend(USER, k=6))
+    candidates = [int(m) for m in model.requests[-1]["movie_ids"][0]]  # the fused recall order, best first
+    by_recall = ids(make_gateway(config(tmp_path, recall_weight=100.0), store, model).recommend(USER, k=6))
+    assert by_model == sorted(candidates, reverse=True)[:6]
+    assert by_recall == candidates[:6] != by_model
+
+
+def test_genre_cap_limits_one_genre(tmp_path: Path, store: InMemoryStore, model: ScriptedRanking) -> None:
+    uncapped = ids(make_gateway(config(tmp_path, genre_cap=1.0), store, model).recommend(USER, k=4))
+    capped = ids(make_gateway(config(tmp_path, genre_cap=0.25), store, model).recommend(USER, k=4))
+    assert [GENRE_OF[m] for m in uncapped] == ["Drama"] * 4
+    genres = [GENRE_OF[m] for m in capped]
+    # one movie per genre while others remain; the cap never shortens the list
+    assert len(capped) == 4 and len(set(genres[:3])) == 3
+
+
+def test_model_down_answers_the_recall_order_degraded(tmp_path: Path, store: InMemoryStore,
+                                                      model: ScriptedRanking) -> None:
+    gateway = make_gateway(config(tmp_path), store, model)
+    healthy = gateway.recommend(USER, k=5)
+    model.down = True
+    answer = gateway.recommend(USER, k=5)
+    assert answer.degraded and answer.model_version == ""
+    assert ids(answer) != ids(healthy) and not set(ids(answer)) & {1, 2, 5}
+    assert [i.score for i in answer.items] == sorted((i.score for i in answer.items), reverse=True)
+    assert gateway.health()["status"] == "degraded" and gateway.health()["redis"]
+
+
+def test_store_down_answers_the_last_good_popular_list(tmp_path: Path, store: InMemoryStore,
+                                                       model: ScriptedRanking) -> None:
+    gateway = make_gateway(config(tmp_path), store, model)
+    gateway.recommend(USER, k=3)  # the version is read once while the store is up
+    store.down = True
+    gateway.versions.recheck()  # the next request finds the store down while checking the version
+    answer = gateway.recommend(USER, k=3)
+    assert answer.degraded and answer.batch_version == "v1"
+    assert ids(answer) == [1, 2, 3] and all(i.sources == ["popular"] for i in answer.items)
+    comedy = gateway.recommend(USER, k=3, genres=["Comedy"])
+    assert comedy.degraded and ids(comedy) == [5, 6, 7]
+    similar = gateway.similar(9, k=2)
+    assert similar.degraded and ids(similar) == [10, 11]
+    assert not gateway.health()["redis"]
+
+
+def test_nothing_readable_is_unavailable(tmp_path: Path, model: ScriptedRanking) -> None:
+    empty = InMemoryStore()
+    with pytest.raises(Unavailable, match="nothing published"):
+        make_gateway(config(tmp_path), empty, model).recommend(USER)
+    down = InMemoryStore({"v1": published()}, current="v1")
+    down.down = True
+    with pytest.raises(Unavailable, match="no published version was read"):
+        make_gateway(config(tmp_path), down, model).recommend(USER)
+
+
+def test_a_new_version_is_switched_to(tmp_path: Path, store: InMemoryStore, model: ScriptedRanking) -> None:
+    gateway = make_gateway(config(tmp_path), store, model)
+    assert gateway.recommend(USER, k=1).batch_version == "v1"
+    store.versions["v2"] = published("New ")
+    store.current = "v2"
+    assert gateway.recommend(USER, k=1).batch_version == "v1"  # within version_check_seconds: no re-read
+    gateway.versions.recheck()
+    answer = gateway.recommend(USER, k=1)
+    assert answer.batch_version == "v2" and answer.items[0].title.startswith("New Movie")
+
+
+def test_rank_scores_the_given_movies(tmp_path: Path, store: InMemoryStore, model: ScriptedRanking) -> None:
+    gateway = make_gateway(config(tmp_path), store, model)
+    answer = gateway.rank(USER, [3, 9, 4])
+    assert ids(answer) == [3, 9, 4] and [round(i.score, 2) for i in answer.items] == [0.03, 0.09, 0.04]
+    model.down = True
+    degraded = gateway.rank(USER, [3, 9])
+    assert degraded.degraded and [i.predicted_rating for i in degraded.items] == [3.4, 3.4]
+    with pytest.raises(InvalidArgument, match="unknown movie id"):
+        gateway.rank(USER, [3, 404])
+    with pytest.raises(InvalidArgument, match="must not be empty"):
+        gateway.rank(USER, [])
+
+
+def test_similar_reads_the_item_list(tmp_path: Path, store: InMemoryStore, model: ScriptedRanking) -> None:
+    gateway = make_gateway(config(tmp_path), store, model)
+    assert ids(gateway.similar(2, k=5)) == [3, 4]
+    with pytest.raises(NotFound):
+        gateway.similar(404)
+
+
+def test_record_rating_validates_and_appends(tmp_path: Path, store: InMemoryStore, model: ScriptedRanking) -> None:
+    log = ListLog()
+    gateway = make_gateway(config(tmp_path), store, model, log)
+    event_id = gateway.record_rating(USER, 3, 4.5, timestamp=1000)
+    assert [(e.event_id, e.user_id, e.movie_id, e.rating, e.ts) for e in log.events] == [(event_id, USER, 3, 4.5, 1000)]
+    with pytest.raises(InvalidArgument):
+        gateway.record_rating(USER, 3, 7.0)
+    with pytest.raises(Unavailable, match="no event log"):
+        make_gateway(config(tmp_path), store, model).record_rating(USER, 3, 4.0)
+
+
+def test_k_and_ids_are_validated(tmp_path: Path, store: InMemoryStore, model: ScriptedRanking) -> None:
+    gateway = make_gateway(config(tmp_path, max_k=20), store, model)
+    assert len(gateway.recommend(USER, k=0).items) == 9  # k=0 is the default 10; 9 unseen movies exist
+    with pytest.raises(InvalidArgument, match="k must be between 1 and 20"):
+        gateway.recommend(USER, k=21)
+    with pytest.raises(InvalidArgument, match="user_id must be a positive integer"):
+        gateway.recommend(0)
