@@ -9,13 +9,11 @@ HOME_DIR ?= ./var
 
 .PHONY: help venv demo test test-fast bench clean check-jdk proto
 
-help:
-	@echo "make demo   - synthetic data -> batch -> ranker -> serving + stream, prints Recommend answers"
-	@echo "make test   - the full test suite (real Spark, real Redis)"
-	@echo "make bench  - batch, serving (open-loop gRPC) and stream benchmarks (JSON in bench/results)"
-	@echo "make clean  - remove ./var (the default home); the venv stays"
+# `make help` lists every target from its `## ` comment (a test checks none is missing).
+help: ## this list of targets
+	@grep -E '^[a-z][a-z-]*:.*## ' $(firstword $(MAKEFILE_LIST)) | sed -E 's/^([a-z-]+):.*## (.*)/make \1\t- \2/' | expand -t 18
 
-check-jdk:
+check-jdk: ## check that a JDK 17 is on PATH (Spark and Flink need it)
 	@scripts/check_jdk.sh
 
 $(STAMP): requirements.lock pyproject.toml scripts/check_jdk.sh
@@ -29,25 +27,25 @@ $(STAMP): requirements.lock pyproject.toml scripts/check_jdk.sh
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) ## build .venv from requirements.lock (every other target does it first)
 
-demo: $(STAMP)
+demo: $(STAMP) ## synthetic data -> batch -> ranker -> serving + stream, prints Recommend answers
 	$(VENV)/bin/recsys --home $(HOME_DIR) demo
 
-test: $(STAMP)
+test: $(STAMP) ## the full test suite (real Spark, Flink, Redis, TensorFlow; layers contract included)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) ## the tests that start neither Spark nor Flink
 	$(PY) -m pytest -q -m "not spark and not flink"
 
-bench: $(STAMP)
+bench: $(STAMP) ## batch, serving (open-loop gRPC) and stream benchmarks (JSON in bench/results)
 	$(PY) -m bench.batch_bench
 	$(PY) -m bench.serving_bench
 	$(PY) -m bench.stream_bench
 
 # Regenerate the gRPC code of recsys.v1 from serving/protos (a test checks it is up to date).
-proto: $(STAMP)
+proto: $(STAMP) ## regenerate the gRPC code of recsys.v1 from serving/protos
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. serving/protos/recsys/v1/recommender.proto
 
-clean:
+clean: ## remove ./var (the default home); the venv stays
 	rm -rf $(HOME_DIR)
