@@ -1,4 +1,4 @@
-"""Baselines the ranker is measured against (EVALUATION.md "Reporting").
+"""Baselines the ranker is measured against (docs/evaluation.md "Reporting").
 
 Each baseline scores every catalogue movie for a batch of users at once (numpy), the
 same interface as the model scorer in ``model.evaluate``: ``(scores, ratings)`` of

@@ -1,4 +1,4 @@
-"""Offline evaluation of rankers and baselines under P1 (EVALUATION.md).
+"""Offline evaluation of rankers and baselines under P1 (docs/evaluation.md).
 
 For every test user (or a seeded sample), each scorer scores the whole catalogue
 once; from those scores come
@@ -162,7 +162,7 @@ def run_fn(run_dir: Path) -> Callable[..., dict[str, Any]]:
 
 
 def sample_negatives(data: P1Data, user_ids: list[int], n: int, seed: int) -> dict[int, np.ndarray]:
-    """EVALUATION.md's sampled protocol: ``n`` seeded uniform movies each user never rated."""
+    """docs/evaluation.md's sampled protocol: ``n`` seeded uniform movies each user never rated."""
     rated = pd.concat([data.visible[["user_id", "movie_id"]], data.test.reset_index()[["user_id", "movie_id"]]])
     rated = rated.groupby("user_id")["movie_id"].apply(lambda s: set(s.tolist()))
     out = {}

@@ -1,6 +1,6 @@
 """The ranker: vocabulary sizes, switchable blocks, and the Keras model built from them.
 
-Seed architecture (ARCHITECTURE.md, "Quality bar for the model"): a user tower
+Seed architecture (docs/architecture.md, "Quality bar for the model"): a user tower
 (id with id-dropout, demographics, stats, interest genres), a movie tower (genre
 multi-hot through a 1-D conv, id, release decade, title text CNN, stats), a history
 encoder (movie id + rating + position -> self-attention (SASRec) -> LSTM), target

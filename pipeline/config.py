@@ -62,7 +62,7 @@ class DataConfig:
     """Reading MovieLens and preparing it for the evaluation protocols."""
 
     on_bad_rows: str = _f("fail", "What a malformed input row does: 'fail' names the file and line; 'skip' counts and drops it.", ("fail", "skip"))
-    min_movie_ratings: int = _f(5, "5-core filter (EVALUATION.md): movies with fewer ratings are dropped first ...")
+    min_movie_ratings: int = _f(5, "5-core filter (docs/evaluation.md): movies with fewer ratings are dropped first ...")
     min_user_ratings: int = _f(5, "... then users with fewer ratings (one pass).")
     split: str = _f("none", "'none' trains on everything (serving); 'p1' holds out each user's last two events (leave-one-out evaluation); 'p2' holds out a seeded random 10% of ratings (rating-prediction evaluation); 'p3' holds out every event after the 90th-percentile timestamp for streaming replay.", ("none", "p1", "p2", "p3"))
     p2_test_fraction: float = _f(0.1, "P2: share of ratings held out as test (seeded by samples.seed).")

@@ -1,4 +1,4 @@
-"""`recsys evaluate`: quality under the protocols of EVALUATION.md.
+"""`recsys evaluate`: quality under the protocols of docs/evaluation.md.
 
 Stage ``recall`` (protocol P1): for every user with a held-out test movie, build the
 user's recall context from what was *published* to Redis (history = train + val)

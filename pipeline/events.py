@@ -1,4 +1,4 @@
-"""Rating events: the schema (ARCHITECTURE.md contract), its validation, and the spool.
+"""Rating events: the schema (docs/architecture.md contract), its validation, and the spool.
 
 One definition of what a valid event is, used by every writer and reader: the
 gateway's ``RecordRating`` builds events with ``new_event`` (invalid input is refused

@@ -1,4 +1,4 @@
-"""Ranking metrics of EVALUATION.md (one held-out item per user)."""
+"""Ranking metrics of docs/evaluation.md (one held-out item per user)."""
 
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ def normalise_genre(name: str) -> str | None:
 
 
 # Typed tables written by the ingest job (parquet). `line` is the 1-based line of the
-# source file: EVALUATION.md orders ties in time by file order.
+# source file: docs/evaluation.md orders ties in time by file order.
 RATINGS = pa.schema([("user_id", pa.int32()), ("movie_id", pa.int32()), ("rating", pa.float32()),
                      ("ts", pa.int64()), ("line", pa.int64())])
 MOVIES = pa.schema([("movie_id", pa.int32()), ("title", pa.string()), ("year", pa.int32()),

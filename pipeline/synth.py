@@ -4,7 +4,7 @@ Why it exists: the whole stack (Spark batch plane, recall, the ranking model, th
 evaluation protocols) must run and be tuned without a downloaded dataset. A uniform
 random generator would be useless for that: models tuned on it learn nothing that
 transfers. So this generator reproduces the published *shape* of MovieLens-1M at its
-default size (ARCHITECTURE.md, "Synthetic data calibration") and plants the kinds of
+default size (docs/architecture.md, "Synthetic data calibration") and plants the kinds of
 signal real MovieLens carries:
 
 * power-law movie popularity (a few movies rated by more than half the users, a long
@@ -238,7 +238,7 @@ _CLASH_SUFFIXES: tuple[str, ...] = ("", " II", " III", " IV", " V", " VI", " VII
 
 @dataclass(frozen=True)
 class SynthSummary:
-    """What `generate` wrote, with the statistics it was calibrated on (see ARCHITECTURE.md)."""
+    """What `generate` wrote, with the statistics it was calibrated on (see docs/architecture.md)."""
 
     out_dir: str
     seed: int
@@ -863,7 +863,7 @@ def _write_files(directory: Path, cfg: SynthConfig, data: _Data) -> None:
     readme = (
         "Synthetic MovieLens data in the ML-1M layout, written by pipeline.synth.generate.\n"
         "Not real ratings: a seeded simulation calibrated on ML-1M's published shape\n"
-        "(see ARCHITECTURE.md, 'Synthetic data calibration'). The same seed and knobs\n"
+        "(see docs/architecture.md, 'Synthetic data calibration'). The same seed and knobs\n"
         "write byte-identical files.\n\n"
         f"seed = {cfg.seed}\n"
         f"users = {cfg.users}, movies listed = {cfg.movies}, ratings = {len(data.rating)}\n\n"

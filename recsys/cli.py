@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--on-bad-rows", choices=("fail", "skip"), help="malformed input rows: fail (default) or skip")
     batch.set_defaults(func=batch_cmd.cmd_batch)
 
-    evaluate = sub.add("evaluate", help="quality under EVALUATION.md protocols")
+    evaluate = sub.add("evaluate", help="quality under docs/evaluation.md protocols")
     evaluate.add_argument("--stage", choices=("recall", "model"), default="recall",
                           help="recall: channel coverage; model: rankers and baselines (P1 full, sampled, rating error)")
     evaluate.add_argument("--runs", help="(model) comma-separated training runs to add as rows, e.g. ablations")

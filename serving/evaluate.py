@@ -1,7 +1,7 @@
 """P1 through the running gateway: recall and ranking together, as an outside client sees them.
 
 The offline model evaluation scores every movie with the model alone; this one asks
-the real serving path, over gRPC, what EVALUATION.md asks of it:
+the real serving path, over gRPC, what docs/evaluation.md asks of it:
 
 * full ranking: ``Recommend(user, k, exclude_seen=true)``, HR@k / NDCG@k (recall
   coverage is part of the score: a test movie recall missed cannot be a hit);

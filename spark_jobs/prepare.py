@@ -1,4 +1,4 @@
-"""Prepare: the interaction table every later step reads (EVALUATION.md data preparation).
+"""Prepare: the interaction table every later step reads (docs/evaluation.md data preparation).
 
 Every rating is an interaction. One pass of 5-core filtering (movies first, then
 users), each user's sequence ordered by time with file order breaking ties, and a
@@ -62,7 +62,7 @@ def build_interactions(ratings, cfg: Config):  # noqa: ANN001, ANN201
         split = (F.when(u < cfg.data.p2_test_fraction, "test")
                  .when(u < cfg.data.p2_test_fraction + cfg.data.p2_val_fraction, "val").otherwise("train"))
     elif cfg.data.split == "p3":
-        # Streaming replay (EVALUATION.md P3): events from the timestamp at the 90th percentile on are
+        # Streaming replay (docs/evaluation.md P3): events from the timestamp at the 90th percentile on are
         # replayed live; before it, each user's last event validates and the rest trains.
         cutoff = r.approxQuantile("ts", [1.0 - cfg.data.p3_replay_fraction], 0.0)[0]
         last_before = F.max(F.when(F.col("ts") < F.lit(cutoff), F.col("pos"))).over(Window.partitionBy("user_id"))

@@ -49,7 +49,7 @@ def fit_als(fit, cfg: Config):  # noqa: ANN001, ANN201
     if rc.als_implicit:
         from pyspark.sql import functions as F
 
-        data = data.withColumn("rating", F.lit(1.0))  # every rating is an interaction (EVALUATION.md)
+        data = data.withColumn("rating", F.lit(1.0))  # every rating is an interaction (docs/evaluation.md)
     return als.fit(data)
 
 

@@ -2,7 +2,7 @@
 
 Examples come from ``pipeline.examples.user_examples`` run per user
 (``groupBy(user).applyInPandas``). Under ``data.split = "p1"`` they carry the
-train / val / test label of EVALUATION.md P1; under ``"none"`` (serving) the last
+train / val / test label of docs/evaluation.md P1; under ``"none"`` (serving) the last
 event of each user is ``val`` (early stopping only) and everything else ``train``.
 """
 

@@ -1,7 +1,7 @@
 """Tests of the synthetic MovieLens generator (pipeline.synth).
 
 The default-size test generates the full 1,000,209-rating set once and checks it
-against ML-1M's published shape (ARCHITECTURE.md, "Synthetic data calibration") by
+against ML-1M's published shape (docs/architecture.md, "Synthetic data calibration") by
 reading the written files back with plain Python/numpy/pandas, the way any consumer
 would. The signal tests prove the data carries what real MovieLens carries (order
 matters for the next movie; ratings are predictable from user and movie effects), and
