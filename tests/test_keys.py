@@ -39,3 +39,12 @@ def test_demographic_list_names() -> None:
     assert K.list_demographic(25, "F") == "popular:demo:25:F"
     assert K.list_demographic(None, "M") == "popular:demo:any:M"
     assert K.list_demographic(18, None) == "popular:demo:18:any"
+
+
+def test_stream_counters_are_summed_over_shards() -> None:
+    raw = {K.stream_stat_field("applied", 0).encode(): b"3", K.stream_stat_field("applied", 5).encode(): b"4",
+           K.stream_stat_field("malformed", 2): "1", b"unknown:1": b"9"}
+    assert K.decode_stream_stats(raw) == {"applied": 7, "duplicate": 0, "malformed": 1, "consumed": 8}
+    assert K.decode_stream_stats({}) == {"applied": 0, "duplicate": 0, "malformed": 0, "consumed": 0}
+    with pytest.raises(ValueError, match="unknown"):
+        K.stream_stat_field("skipped", 0)
