@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MD_REF = re.compile(r"(?<![\w/.-])((?:\.\./|[\w-]+/)*[\w.-]+\.md)\b")
-OUTSIDE = re.compile(r"\.\./shared|shared/design")
+OUTSIDE = re.compile(r"\.\./" + "shared|" + "shared/" + "design")  # split: this line must not match itself
 
 
 def _tracked_text_files() -> list[Path]:
@@ -33,7 +33,7 @@ def test_every_referenced_document_exists_in_the_repository() -> None:
 
 
 def test_the_architecture_document_covers_its_subjects() -> None:
-    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    text = (ROOT / "docs/architecture.md").read_text(encoding="utf-8")
     for heading in ("## The three planes", "## Layers", "### API", "### Model signature", "### Events",
                     "### Redis key layout", "## Embedded defaults and production", "## Folder map"):
         assert heading in text, heading
