@@ -37,6 +37,7 @@ class Movie:
     mean_rating: float
     bayes_rating: float
     popularity: float  # log1p(n_ratings), the model's statistic
+    recommendable: bool = True  # rated after the 5-core filter; False: listed only (Rank scores it, recall never)
 
 
 @dataclass
@@ -48,7 +49,9 @@ class MovieCatalog:
 
     @classmethod
     def load(cls, store: RedisStore) -> "MovieCatalog":
-        ids = json.loads(store.client.get(store.keys.movie_ids(store.version)) or "[]")
+        recommendable = set(json.loads(store.client.get(store.keys.movie_ids(store.version)) or "[]"))
+        # versions published before the listed key existed hold recommendable movies only
+        ids = json.loads(store.client.get(store.keys.listed_movie_ids(store.version)) or "null") or sorted(recommendable)
         movies: dict[int, Movie] = {}
         for start in range(0, len(ids), LOAD_CHUNK):
             chunk = ids[start:start + LOAD_CHUNK]
@@ -57,7 +60,7 @@ class MovieCatalog:
                 pipe.hgetall(store.keys.movie(store.version, movie_id))
             for movie_id, raw in zip(chunk, pipe.execute()):
                 if raw:
-                    movies[int(movie_id)] = _movie(int(movie_id), K.decode_fields(raw))
+                    movies[int(movie_id)] = _movie(int(movie_id), K.decode_fields(raw), movie_id in recommendable)
         from pipeline.schemas import GENRES
 
         by_genre = {g: store.global_list(K.list_popular(g)) for g in GENRES}
@@ -65,10 +68,17 @@ class MovieCatalog:
                    popular_by_genre={g: lst for g, lst in by_genre.items() if lst})
 
     def __contains__(self, movie_id: int) -> bool:
+        """Listed by the dataset (Rank, SimilarMovies and pages accept it); see :meth:`recommendable`."""
         return movie_id in self.movies
 
+    def recommendable(self, movie_id: int) -> bool:
+        """May appear in a recommendation list: listed and rated after the batch plane's filter."""
+        movie = self.movies.get(movie_id)
+        return movie is not None and movie.recommendable
+
     def unknown(self, movie_ids: Sequence[int]) -> list[int]:
-        return [m for m in movie_ids if m not in self.movies]
+        """Ids outside the catalogue, each once, in the order given."""
+        return list(dict.fromkeys(m for m in movie_ids if m not in self.movies))
 
     def title(self, movie_id: int) -> str:
         movie = self.movies.get(movie_id)
@@ -96,10 +106,10 @@ def _number(value: object, default: float = 0.0) -> float:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else default
 
 
-def _movie(movie_id: int, f: dict) -> Movie:
+def _movie(movie_id: int, f: dict, recommendable: bool = True) -> Movie:
     n = int(f.get("n_ratings") or 0)
     return Movie(movie_id=movie_id, title=str(f.get("title") or f"movie {movie_id}"),
                  genres=tuple(f.get("genres") or ()), year=int(f["year"]) if f.get("year") else None,
                  title_tokens=tuple(f.get("title_tokens") or ()), n_ratings=n,
                  mean_rating=_number(f.get("mean_rating")), bayes_rating=_number(f.get("bayes_rating")),
-                 popularity=_number(f.get("popularity"), math.log1p(n)))
+                 popularity=_number(f.get("popularity"), math.log1p(n)), recommendable=recommendable)

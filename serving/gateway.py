@@ -252,7 +252,7 @@ class Gateway:
                 per_channel["genre_popular"] = R.interleave(
                     [view.store.global_list(K.list_popular(g)) for g in wanted], ctx.exclude, self.recall_cfg.merged_size)
             catalog = view.catalog
-            per_channel = {name: [(m, sc) for m, sc in items if m in catalog and
+            per_channel = {name: [(m, sc) for m, sc in items if catalog.recommendable(m) and
                                   (not wanted or set(catalog.genres(m)) & set(wanted))]
                            for name, items in per_channel.items()}
             candidates = R.fuse(per_channel, self.recall_cfg.merged_size)
