@@ -149,12 +149,12 @@ def run_fn(run_dir: Path) -> Callable[..., dict[str, Any]]:
     """The serving graph of a training run, built in memory (same code as the export)."""
     import tempfile
 
-    from model.export import _write_vocab_files, build_module
+    from model.export import _write_vocab_files, build_module, load_sequence
     from model.train import load_run
 
     ranker, vocab, table, _ = load_run(run_dir)
     files = _write_vocab_files(vocab, Path(tempfile.mkdtemp(prefix="recsys-vocab-")))
-    module = build_module(ranker, vocab, table, files)
+    module = build_module(ranker, vocab, table, files, *(load_sequence(run_dir) or (None, 0.0)))
 
     def serve(**inputs: Any) -> dict[str, Any]:  # holds the module: its tf.function keeps only a weak reference
         return module.serve(**inputs)
