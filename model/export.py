@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 
 from model.data import USER_COUNT_SCALE
-from model.signature import SERVING_INPUTS, SIGNATURE_NAME, MovieInputs, UserInput, build_request
+from model.signature import (NEXT_MOVIES_SIGNATURE, SERVING_INPUTS, SIGNATURE_NAME, MovieInputs, UserInput,
+                             build_request)
 from pipeline.home import Home, model_versions
 
 MODEL_NAME = "ranker"
+NEXT_MOVIES_K = 300  # movies the next_movies signature returns per history
 
 
 def model_base(home: Home, name: str = MODEL_NAME) -> Path:
@@ -56,12 +58,19 @@ def _write_vocab_files(vocab: Any, folder: Path) -> dict[str, Path]:
     return files
 
 
-def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Path]) -> Any:
-    """A tf.Module whose ``serve`` function is the serving signature."""
+def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Path], sequence: Any = None,
+                 mix: float = 0.0) -> Any:
+    """A tf.Module whose ``serve`` function is the serving signature.
+
+    With a ``sequence`` model (``model.sequence``) the exported ``score`` mixes its next-movie log-probability
+    into the ranker's logit with weight ``mix``, and ``next_movies`` (a second signature) returns its top movies
+    over the whole catalogue for the gateway's recall.
+    """
     import tensorflow as tf
 
     H, T, G = vocab.history_len, vocab.title_len, vocab.genre.size
     int_keys = {"movie_id", "user_id", "age_bucket", "decade"}
+    top_k = min(NEXT_MOVIES_K, vocab.movie.size)
 
     class ServingModule(tf.Module):
         def __init__(self) -> None:
@@ -76,6 +85,15 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
                                                   tf.lookup.TextFileIndex.LINE_NUMBER), default_value=-1)
                 for n, a in self.vocab_assets.items()}
             self.movie_genres_by_idx = tf.constant(table.genres)
+            self.sequence = sequence
+            self.mix = float(mix)
+            self.movie_ids_by_idx = tf.constant(np.array([0] + [int(m) for m in vocab.movie.values], np.int64))
+
+        def _next_logp(self, hist_idx: Any) -> Any:
+            """[B, M + 1] log-probabilities of the next movie (column 0, padding, at -1e9)."""
+            logits = self.sequence(hist_idx, training=False)[:, -1, :]
+            pad = tf.one_hot(tf.zeros_like(hist_idx[:, 0]), tf.shape(logits)[1], on_value=-1e9, off_value=0.0)
+            return tf.nn.log_softmax(tf.cast(logits, tf.float32) + pad, axis=-1)
 
         def _idx(self, name: str, values: Any) -> Any:
             return tf.cast(self.tables[name].lookup(values) + 1, tf.int32)
@@ -110,9 +128,40 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
                 "cand_stats": movie_stats / tf.constant([10.0, 5.0, 5.0]),
             }
             out = self.ranker(inputs, training=False)
-            return {k: tf.cast(out[k], tf.float32) for k in ("score", "rating", "attention")}
+            result = {k: tf.cast(out[k], tf.float32) for k in ("score", "rating", "attention")}
+            if self.sequence is not None and self.mix > 0:
+                cand = inputs["cand_movie_idx"]
+                logp = tf.gather(self._next_logp(hist_idx), cand, batch_dims=1)
+                n = float(vocab.movie.size)
+                centred = tf.where(cand > 0, logp + tf.math.log(n), tf.zeros_like(logp))  # new movie: ranker only
+                p = tf.clip_by_value(result["score"], 1e-7, 1.0 - 1e-7)
+                z = (1.0 - self.mix) * tf.math.log(p / (1.0 - p)) + self.mix * centred
+                result["score"] = tf.sigmoid(z)
+            return result
+
+        if sequence is not None:
+            @tf.function(input_signature=[tf.TensorSpec([None, H], tf.int64, name="hist_movie_ids")])
+            def next_movies(self, hist_movie_ids):  # noqa: ANN001, ANN202
+                """The sequence model's top movies over the catalogue (history excluded), best first.
+
+                Every input has the batch dimension first (no scalar ``k``), so TF Serving's batcher and the
+                embedded one can merge concurrent calls; callers keep the head they need.
+                """
+                hist_idx = self._idx("movie_id", hist_movie_ids)
+                logp = self._next_logp(hist_idx)
+                seen = tf.reduce_min(tf.one_hot(hist_idx, tf.shape(logp)[1], on_value=-1e9, off_value=0.0), axis=1)
+                top = tf.math.top_k(logp + seen, k=top_k)
+                return {"movie_ids": tf.gather(self.movie_ids_by_idx, top.indices), "log_prob": top.values}
 
     return ServingModule()
+
+
+def load_sequence(run_dir: Path) -> tuple[Any, float] | None:
+    """(sequence model, mix) of a run trained with one, else None."""
+    from model import sequence as S
+
+    loaded = S.load(Path(run_dir))
+    return (loaded[0], float(loaded[1].get("mix", 0.0))) if loaded else None
 
 
 def warmup_request(vocab: Any, table: Any) -> dict[str, np.ndarray]:
@@ -155,8 +204,12 @@ def export(home: Home, run_dir: Path, model_name: str = MODEL_NAME) -> Path:
     try:
         vocab_dir = Path(tempfile.mkdtemp(prefix=".vocab-", dir=base))
         files = _write_vocab_files(vocab, vocab_dir)
-        module = build_module(ranker, vocab, table, files)
-        tf.saved_model.save(module, str(staging), signatures={SIGNATURE_NAME: module.serve})
+        seq = load_sequence(run_dir)
+        module = build_module(ranker, vocab, table, files, *(seq or (None, 0.0)))
+        signatures = {SIGNATURE_NAME: module.serve}
+        if seq is not None:
+            signatures[NEXT_MOVIES_SIGNATURE] = module.next_movies
+        tf.saved_model.save(module, str(staging), signatures=signatures)
         write_warmup(staging / "assets.extra" / "tf_serving_warmup_requests", warmup_request(vocab, table), model_name)
         (staging / "assets.extra" / "run.txt").write_text(f"{summary['run']}\n{summary['batch_version']}\n")
         final = base / str(version)

@@ -22,6 +22,7 @@ from model.vocab import genre_multi_hot, left_pad, pad_tokens
 from pipeline.schemas import GENRES
 
 SIGNATURE_NAME = "serving_default"
+NEXT_MOVIES_SIGNATURE = "next_movies"  # hist_movie_ids [B, H] -> movie_ids [B, K], log_prob [B, K]
 N_GENRES = len(GENRES)
 
 # name: (dtype, shape with B = batch of users, N = candidates, H = history_len, T = title_len, G = genres)

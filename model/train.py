@@ -194,9 +194,84 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
                                                       "score_weight", "rating_weight", "max_train_examples",
                                                       "cold_movie_rate", "cold_user_rate")},
     }
+    if cfg.model.sequence_epochs > 0:
+        summary["sequence"] = train_sequence(cfg, home, version, vocab, table, ranker, paths, verbose=verbose)
+        summary["train_seconds"] = round(summary["train_seconds"] + summary["sequence"]["train_seconds"], 1)
     atomic_write_text(paths.summary, json.dumps(summary, indent=2))
     atomic_write_text(runs_dir(home) / "LATEST", run_name + "\n")
     return summary
+
+
+def _sequences(frame: pd.DataFrame, vocab: Any) -> dict[int, np.ndarray]:
+    """Per user, the vocabulary indices of their rated movies in time order (unknown movies dropped)."""
+    frame = frame.sort_values(["user_id", "pos"], kind="stable")
+    idx = vocab.movie.encode(frame["movie_id"].to_numpy())
+    out: dict[int, np.ndarray] = {}
+    for u, rows in pd.Series(idx, index=frame["user_id"].to_numpy()).groupby(level=0):
+        seq = rows.to_numpy(np.int32)
+        out[int(u)] = seq[seq > 0]
+    return out
+
+
+def train_sequence(cfg: Config, home: Home, version: str, vocab: Any, table: Any, ranker: Any, paths: RunPaths,
+                   verbose: int = 1) -> dict[str, Any]:
+    """The next-movie model on the same split, then the mix of its log-probability into the exported score.
+
+    Sequences are the version's ``train`` interactions; each user's ``val`` movie (P1: the second-to-last; a
+    serving build: the last) drives early stopping and the choice of the mix, both on full-catalogue NDCG@10,
+    the measure the lists are judged by.
+    """
+    import tempfile
+
+    from model import sequence as S
+    from model.evaluate import P1Data, SignatureScorer
+    from model.baselines import Catalogue, UserRow
+    from model.export import _write_vocab_files, build_module
+
+    m = cfg.model
+    inter = pd.read_parquet(table_path(home, version, "interactions"))
+    train_seqs = _sequences(inter[inter["split"] == "train"], vocab)
+    val = inter[inter["split"] == "val"].drop_duplicates("user_id", keep="last").set_index("user_id")
+    users = [u for u in sorted(val.index) if len(train_seqs.get(int(u), ())) > 0]
+    targets = vocab.movie.encode(val.loc[users, "movie_id"].to_numpy())
+    keep = targets > 0
+    users, targets = [u for u, k in zip(users, keep) if k], targets[keep]
+    history = [train_seqs[int(u)] for u in users]
+    spec = S.SequenceSpec(n_movies=vocab.movie.size, length=vocab.history_len, dim=m.sequence_dim,
+                          blocks=m.sequence_blocks, dropout=m.dropout, lstm=m.sequence_lstm)
+
+    def report(epoch: int, row: dict[str, float]) -> None:
+        if verbose:
+            print(f"sequence model epoch {epoch + 1}: loss {row['loss']:.4f}  validation HR@10 {row['val_hr@10']:.4f}"
+                  f"  NDCG@10 {row['val_ndcg@10']:.4f}  ({row['seconds']:.0f} s)", flush=True)
+
+    model, summary = S.fit(spec, list(train_seqs.values()), history, targets, epochs=m.sequence_epochs,
+                           patience=m.sequence_patience, batch_size=m.sequence_batch_size,
+                           learning_rate=m.learning_rate, seed=m.seed, on_epoch=report)
+    mix, table_of_mix = m.sequence_mix, {}
+    if mix < 0:
+        rng = np.random.default_rng(m.seed)
+        pick = np.sort(rng.choice(len(users), size=min(m.mix_users, len(users)), replace=False))
+        mf = pd.read_parquet(table_path(home, version, "movie_features")).set_index("movie_id")
+        mf = mf.reindex(list(vocab.movie.values)).reset_index()
+        demo = pd.read_parquet(table_path(home, version, "users")).drop_duplicates("user_id").set_index("user_id")
+        raw = inter[inter["split"] == "train"].sort_values(["user_id", "pos"], kind="stable").groupby("user_id")
+        rows = [UserRow(int(users[i]), raw.get_group(users[i])["movie_id"].to_numpy(np.int64),
+                        raw.get_group(users[i])["rating"].to_numpy(np.float32)) for i in pick]
+        data = P1Data(train=inter, visible=inter, test=val, catalogue=Catalogue(mf["movie_id"].to_numpy(np.int64)),
+                      movies=mf, users=demo, version=version)
+        files = _write_vocab_files(vocab, Path(tempfile.mkdtemp(prefix="recsys-vocab-")))
+        module = build_module(ranker, vocab, table, files)
+        scorer = SignatureScorer("ranker", lambda **kw: module.serve(**kw), data, vocab.history_len, vocab.title_len)
+        ranker_scores = np.concatenate([scorer.score(rows[s:s + 16])[0] for s in range(0, len(rows), 16)])
+        ranker_scores = np.concatenate([np.full((len(rows), 1), 0.5), ranker_scores], axis=1)
+        hist = [history[i] for i in pick]
+        logp = S.log_softmax(S.next_logits(model, hist, spec.length))
+        mix, table_of_mix = S.choose_mix(ranker_scores, logp, hist, targets[pick], spec.n_movies)
+        if verbose:
+            print(f"score mix (sequence share -> validation NDCG@10): {table_of_mix}; chosen {mix:g}", flush=True)
+    S.save(model, spec, paths.root, {"mix": mix, "mix_validation": table_of_mix})
+    return {**summary, "mix": mix, "mix_validation": table_of_mix}
 
 
 def load_run(run_dir: Path) -> tuple[Any, Any, Any, dict[str, Any]]:

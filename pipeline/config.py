@@ -157,6 +157,14 @@ class ModelConfig:
     cold_user_rate: float = _f(0.05, "Share of training rows shown as brand-new users (no id, no history; demographics and interest genres kept).")
     max_train_examples: int = _f(0, "Train on a seeded sample of at most this many examples (0 = all).")
     seed: int = _f(1234, "Seed of initialisation and shuffling.")
+    sequence_epochs: int = _f(60, "Maximum epochs of the next-movie sequence model (0 = train the ranker alone); early stopping on validation NDCG@10 usually ends sooner.")
+    sequence_patience: int = _f(4, "Epochs without a better validation NDCG@10 before the sequence model stops.")
+    sequence_dim: int = _f(64, "Embedding width of the sequence model.")
+    sequence_blocks: int = _f(2, "Causal self-attention blocks of the sequence model.")
+    sequence_lstm: bool = _f(False, "An LSTM after the attention blocks (seed block; off: it bought nothing on the development sets).")
+    sequence_batch_size: int = _f(128, "Windows per step of the sequence model.")
+    sequence_mix: float = _f(-1.0, "Share of the sequence model's log-probability in the exported score, 0..1; -1 = chosen on validation.")
+    mix_users: int = _f(1000, "Validation users the mix is chosen on (a seeded sample).")
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,7 @@ class ServingConfig:
     model_timeout_ms: int = _f(1000, "Deadline of one Predict call; beyond it the recall order answers (degraded).")
     candidates: int = _f(400, "How many merged recall candidates are ranked per Recommend call.")
     recall_weight: float = _f(0.0, "Blend: final = model score + recall_weight * normalised recall score.")
+    model_recall: int = _f(300, "Candidates the model's next_movies signature (the sequence model) adds to recall; 0 = off.")
     genre_cap: float = _f(0.5, "Most of a Recommend list one genre may fill (share of k; 1.0 = no cap).")
     rank_cold_start: bool = _f(False, "Re-rank cold-start users' lists with the model (off: their recall order stands; the model's cold-user slice measured below popularity).")
     max_k: int = _f(100, "Largest k a caller may ask for.")

@@ -23,7 +23,7 @@ from pipeline import keys as K
 from pipeline.config import Config
 from pipeline.home import Home, atomic_write_text, table_path
 from pipeline.metrics import hit_at_k, mean, ndcg_at_k, rank_of
-from pipeline.recall import fuse, run_channels
+from pipeline.recall import RecallContext, Scored, fuse, run_channels
 from pipeline.store import RedisStore
 
 
@@ -64,7 +64,10 @@ def load_heldout(cfg: Config) -> tuple[str, pd.DataFrame]:
 
 
 def evaluate_recall(cfg: Config, client: redis.Redis, k: int = 10, max_users: int | None = None,
-                    on_progress: Callable[[int, int], None] | None = None) -> Report:
+                    on_progress: Callable[[int, int], None] | None = None,
+                    extra_channels: Callable[[RecallContext], dict[str, Scored]] | None = None) -> Report:
+    """Coverage per channel and merged; ``extra_channels`` adds channels computed above this layer (the
+    gateway's model channel, from an exported model), merged exactly as the gateway merges them."""
     version, heldout = load_heldout(cfg)
     if max_users:
         heldout = heldout.sample(n=min(max_users, len(heldout)), random_state=0).reset_index(drop=True)
@@ -86,6 +89,8 @@ def evaluate_recall(cfg: Config, client: redis.Redis, k: int = 10, max_users: in
         target = int(row.test_movie)
         ctx, _ = store.user_context(int(row.user_id))
         per_channel = run_channels(ctx, store, cfg.recall)
+        if extra_channels is not None:
+            per_channel.update(extra_channels(ctx))
         for name, items in per_channel.items():
             channel_hits.setdefault(name, []).append(1.0 if any(m == target for m, _ in items) else 0.0)
             channel_sizes.setdefault(name, []).append(len(items))

@@ -75,8 +75,16 @@ class Keys:
         return f"{self.version_prefix(version)}movie:{int(movie_id)}"
 
     def movie_ids(self, version: str) -> str:
-        """STRING: JSON list of every movie id of the version (for caches and cold start)."""
+        """STRING: JSON list of the recommendable movie ids of the version (rated after the 5-core filter)."""
         return f"{self.version_prefix(version)}movie-ids"
+
+    def listed_movie_ids(self, version: str) -> str:
+        """STRING: JSON list of every movie the dataset lists (a ``movie:`` hash each), recommendable or not.
+
+        Rank must score any of them: a movie the filter dropped, or too rare for the model's vocabulary, goes
+        through the model's new-movie path instead of being refused as unknown.
+        """
+        return f"{self.version_prefix(version)}movie-ids:listed"
 
     def user_seen(self, version: str, user_id: int) -> str:
         """STRING: every movie id the user rated, packed little-endian int32 (see encode_ids)."""

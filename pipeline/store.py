@@ -182,10 +182,12 @@ class RedisStore:
 
     # --- catalog --------------------------------------------------------------------
     def movie_features(self) -> dict[int, dict[str, Any]]:
-        """Every movie's feature hash of the version, in a few pipelined round trips."""
+        """Every listed movie's feature hash of the version (``in_catalog`` says which are recommendable), in a few
+        pipelined round trips. Versions published before the listed key existed hold recommendable movies only."""
         out: dict[int, dict[str, Any]] = {}
         with self._reading():
-            ids = json.loads(self.client.get(self.keys.movie_ids(self.version)) or "[]")
+            ids = json.loads(self.client.get(self.keys.listed_movie_ids(self.version)) or "null") or \
+                json.loads(self.client.get(self.keys.movie_ids(self.version)) or "[]")
             for start in range(0, len(ids), LOAD_CHUNK):
                 chunk = ids[start:start + LOAD_CHUNK]
                 pipe = self.client.pipeline(transaction=False)

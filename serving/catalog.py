@@ -35,6 +35,7 @@ class Movie:
     mean_rating: float
     bayes_rating: float
     popularity: float  # log1p(n_ratings), the model's statistic
+    recommendable: bool = True  # rated after the 5-core filter; False: listed only (Rank scores it, recall never)
 
 
 @dataclass
@@ -46,17 +47,29 @@ class MovieCatalog:
 
     @classmethod
     def load(cls, store: OnlineStore) -> "MovieCatalog":
-        """The version's movies and popular lists; ``StoreUnavailable`` when the store cannot be read."""
-        movies = {movie_id: _movie(movie_id, f) for movie_id, f in store.movie_features().items()}
+        """The version's listed movies and popular lists; ``StoreUnavailable`` when the store cannot be read.
+
+        A movie's ``in_catalog`` field (rated after the batch plane's filter) says whether recall may propose it;
+        every listed movie can be ranked and shown.
+        """
+        movies = {movie_id: _movie(movie_id, f, bool(f.get("in_catalog", True)))
+                  for movie_id, f in store.movie_features().items()}
         by_genre = {g: store.global_list(K.list_popular(g)) for g in GENRES}
         return cls(version=store.version, movies=movies, popular=store.global_list(K.list_popular()),
                    popular_by_genre={g: lst for g, lst in by_genre.items() if lst})
 
     def __contains__(self, movie_id: int) -> bool:
+        """Listed by the dataset (Rank, SimilarMovies and pages accept it); see :meth:`recommendable`."""
         return movie_id in self.movies
 
+    def recommendable(self, movie_id: int) -> bool:
+        """May appear in a recommendation list: listed and rated after the batch plane's filter."""
+        movie = self.movies.get(movie_id)
+        return movie is not None and movie.recommendable
+
     def unknown(self, movie_ids: Sequence[int]) -> list[int]:
-        return [m for m in movie_ids if m not in self.movies]
+        """Ids outside the catalogue, each once, in the order given."""
+        return list(dict.fromkeys(m for m in movie_ids if m not in self.movies))
 
     def title(self, movie_id: int) -> str:
         movie = self.movies.get(movie_id)
@@ -84,10 +97,10 @@ def _number(value: object, default: float = 0.0) -> float:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else default
 
 
-def _movie(movie_id: int, f: dict) -> Movie:
+def _movie(movie_id: int, f: dict, recommendable: bool = True) -> Movie:
     n = int(f.get("n_ratings") or 0)
     return Movie(movie_id=movie_id, title=str(f.get("title") or f"movie {movie_id}"),
                  genres=tuple(f.get("genres") or ()), year=int(f["year"]) if f.get("year") else None,
                  title_tokens=tuple(f.get("title_tokens") or ()), n_ratings=n,
                  mean_rating=_number(f.get("mean_rating")), bayes_rating=_number(f.get("bayes_rating")),
-                 popularity=_number(f.get("popularity"), math.log1p(n)))
+                 popularity=_number(f.get("popularity"), math.log1p(n)), recommendable=recommendable)

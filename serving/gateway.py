@@ -268,8 +268,10 @@ class Gateway:
                 # the requested genres' popular lists join, and every channel keeps only those genres
                 per_channel["genre_popular"] = R.interleave(
                     [view.store.global_list(K.list_popular(g)) for g in wanted], ctx.exclude, self.recall_cfg.merged_size)
+            if self.cfg.serving.model_recall > 0 and ctx.history:
+                per_channel["next_model"] = self._model_recall(ctx, deadline)
             catalog = view.catalog
-            per_channel = {name: [(m, sc) for m, sc in items if m in catalog and
+            per_channel = {name: [(m, sc) for m, sc in items if catalog.recommendable(m) and
                                   (not wanted or set(catalog.genres(m)) & set(wanted))]
                            for name, items in per_channel.items()}
             candidates = R.fuse(per_channel, self.recall_cfg.merged_size)
@@ -281,6 +283,22 @@ class Gateway:
         answer.cold_start = ctx.is_cold
         self._observe(answer)
         return answer
+
+    def _model_recall(self, ctx: R.RecallContext, deadline: float | None) -> R.Scored:
+        """The sequence model's next movies for this history (``next_movies``), unseen ones first-come.
+
+        It reads the live history (batch + stream), so a rating made a second ago already moves this channel.
+        A model server that cannot answer leaves the channel empty: the other channels still recall, and
+        ranking then reports the outage.
+        """
+        remaining = None if deadline is None else deadline - time.monotonic() - 0.005
+        if remaining is not None and remaining <= 0:
+            return []
+        try:
+            got = self.ranking.next_movies([m for m, _, _ in ctx.history], self.history_len, timeout_s=remaining)
+        except ModelUnavailable:
+            return []
+        return [(m, s) for m, s in got if m not in ctx.exclude][: self.cfg.serving.model_recall]
 
     def _rank_and_blend(self, view: BatchView, user_id: int, ctx: R.RecallContext, feats: dict[str, Any],
                         candidates: list[R.Candidate], k: int, explain: bool, deadline: float | None,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from model.signature import SIGNATURE_NAME
+from model.signature import NEXT_MOVIES_SIGNATURE, SIGNATURE_NAME
 
 
 class ModelUnavailable(RuntimeError):
@@ -75,6 +75,37 @@ class RankingClient:
         if len(ranking.score) != n or len(ranking.rating) != n or ranking.attention.ndim != 2:
             raise ModelUnavailable(f"model server {self.target} answered {len(ranking.score)} scores for {n} candidates")
         return ranking
+
+    def next_movies(self, history: list[int], history_len: int, timeout_s: float | None = None) -> list[tuple[int, float]]:
+        """The model's ``next_movies`` signature for one history: (movie id, log-probability), best first.
+
+        An export without that signature (trained without the sequence model) answers [] - the channel is simply
+        absent; a model server that is down raises ModelUnavailable like ``rank``.
+        """
+        from tensorflow_serving.apis import model_pb2, predict_pb2
+
+        from serving.tensors import from_tensor_proto, to_tensor_proto
+
+        hist = np.zeros((1, history_len), np.int64)
+        tail = history[-history_len:]
+        if tail:
+            hist[0, history_len - len(tail):] = tail
+        req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=self.model_name,
+                                                                         signature_name=NEXT_MOVIES_SIGNATURE))
+        req.inputs["hist_movie_ids"].CopyFrom(to_tensor_proto(hist))
+        try:
+            resp = self.stub.Predict(req, timeout=min(self.timeout_s, timeout_s or self.timeout_s))
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                              grpc.StatusCode.NOT_FOUND) and "signature" in (exc.details() or "").lower():
+                return []
+            raise ModelUnavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}") from None
+        try:
+            ids = from_tensor_proto(resp.outputs["movie_ids"])[0]
+            logp = from_tensor_proto(resp.outputs["log_prob"])[0]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ModelUnavailable(f"model server {self.target} answered outside next_movies: {exc!r}") from None
+        return [(int(m), float(p)) for m, p in zip(ids, logp)]
 
     def model_status(self, timeout_s: float | None = None) -> str | None:
         """The newest AVAILABLE version (ModelService.GetModelStatus), None when none is."""

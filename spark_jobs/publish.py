@@ -106,6 +106,7 @@ def publish(spark, cfg: Config, batch_version: str, client: redis.Redis,  # noqa
 
         mf = read_table(spark, table_path(home, batch_version, "movie_features"))
         movie_ids: list[int] = []
+        listed_ids: list[int] = []
 
         def write_movie(p, r) -> None:  # noqa: ANN001
             fields = {c: _finite(r[c]) for c in ("title", "year", "decade", "n_ratings", "mean_rating", "std_rating",
@@ -113,11 +114,13 @@ def publish(spark, cfg: Config, batch_version: str, client: redis.Redis,  # noqa
             fields["genres"] = list(r["genres"] or [])
             fields["title_tokens"] = list(r["title_tokens"] or [])
             p.hset(keys.movie(version, r["movie_id"]), mapping=K.encode_fields(fields))
+            listed_ids.append(int(r["movie_id"]))
             if r["in_catalog"]:
                 movie_ids.append(int(r["movie_id"]))
 
         step("movies", _rows(mf), write_movie)
         w.add(lambda p: p.set(keys.movie_ids(version), json.dumps(sorted(movie_ids))))
+        w.add(lambda p: p.set(keys.listed_movie_ids(version), json.dumps(sorted(listed_ids))))
 
         step("als", _rows(read_table(spark, table_path(home, batch_version, "recall_als"))),
              lambda p, r: p.set(keys.user_list(version, "als", r["user_id"]), K.encode_scored(zip(r["items"], r["scores"]))))

@@ -141,12 +141,31 @@ def test_similar_movies(stub: Any, p1_batch: dict, redis_client: redis.Redis) ->
     assert all(i.title for i in resp.items)
 
 
+def test_rank_scores_listed_movies_the_filter_dropped(stub: Any, p1_batch: dict, redis_client: redis.Redis) -> None:
+    """A movie the dataset lists but the 5-core filter dropped goes through the model's new-movie path."""
+    keys = K.Keys(p1_batch["cfg"].redis.key_prefix)
+    version = redis_client.get(keys.current()).decode()
+    listed = set(json.loads(redis_client.get(keys.listed_movie_ids(version))))
+    recommendable = set(json.loads(redis_client.get(keys.movie_ids(version))))
+    dropped = sorted(listed - recommendable)
+    assert dropped, "the synthetic data lists movies nobody rated"
+    user_id = _users(p1_batch, redis_client)[0]
+    ids = [dropped[0], sorted(recommendable)[0]]
+    ranked = stub.Rank(pb.RankRequest(user_id=user_id, movie_ids=ids), timeout=10)
+    assert [i.movie_id for i in ranked.items] == ids and not ranked.degraded
+    assert ranked.items[0].title and 0.0 <= ranked.items[0].predicted_rating <= 5.0
+    for user_id in _users(p1_batch, redis_client):                       # never recommended
+        rec = stub.Recommend(pb.RecommendRequest(user_id=user_id, k=20), timeout=10)
+        assert not {i.movie_id for i in rec.items} - recommendable
+
+
 @pytest.mark.parametrize("call, request_, code, words", [
     ("Recommend", pb.RecommendRequest(user_id=1, k=-1), grpc.StatusCode.INVALID_ARGUMENT, "k must be"),
     ("Recommend", pb.RecommendRequest(user_id=1, k=100000), grpc.StatusCode.INVALID_ARGUMENT, "k must be"),
     ("Recommend", pb.RecommendRequest(user_id=0), grpc.StatusCode.INVALID_ARGUMENT, "user_id"),
     ("Recommend", pb.RecommendRequest(user_id=1, genres=["Polka"]), grpc.StatusCode.INVALID_ARGUMENT, "Polka"),
-    ("Rank", pb.RankRequest(user_id=1, movie_ids=[1, 99999991, 99999992]), grpc.StatusCode.INVALID_ARGUMENT, "99999991, 99999992"),
+    ("Rank", pb.RankRequest(user_id=1, movie_ids=[1, 99999991, 99999992, 99999991]), grpc.StatusCode.INVALID_ARGUMENT,
+     "99999991, 99999992"),
     ("Rank", pb.RankRequest(user_id=1), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
     ("SimilarMovies", pb.SimilarMoviesRequest(movie_id=99999991), grpc.StatusCode.NOT_FOUND, "99999991"),
     ("RecordRating", pb.RecordRatingRequest(user_id=1, movie_id=1, rating=7), grpc.StatusCode.INVALID_ARGUMENT, "rating"),

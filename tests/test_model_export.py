@@ -86,7 +86,26 @@ def test_export_matches_signature_and_keras_model(trained: dict) -> None:
     keras_inputs["cand_title_idx"] = np.zeros_like(keras_inputs["cand_title_idx"])
     keras_inputs["cand_decade_idx"] = vocab.decade.encode(np.full(cand.shape, 1990))
     direct = ranker(keras_inputs, training=False)
-    for name in ("score", "rating", "attention"):
+    for name in ("rating", "attention"):
         np.testing.assert_allclose(served[name].numpy(), np.asarray(direct[name]), rtol=1e-4, atol=1e-5)
+    # score: the ranker's logit mixed with the sequence model's next-movie log-probability (model.sequence)
+    from model import sequence as S
+    from model.export import load_sequence
+
+    seq, mix = load_sequence(trained["run"])
+    assert trained["summary"]["sequence"]["mix"] == mix and 0.0 <= mix <= 1.0
+    logp = S.log_softmax(S.next_logits(seq, [np.asarray(user["hist_movie_idx"][0])[user["hist_movie_idx"][0] > 0]],
+                                       vocab.history_len))
+    want = S.mixed_logit(np.asarray(direct["score"]), np.take_along_axis(logp, cand.astype(np.int64), axis=1), mix,
+                         vocab.movie.size)
+    got = served["score"].numpy().astype(np.float64)
+    np.testing.assert_allclose(np.log(got / (1 - got)), want, rtol=1e-3, atol=1e-3)
     assert served["score"].shape == (1, 100)
+    # next_movies: the sequence model's head over the catalogue, history excluded, best first
+    nxt = loaded.signatures["next_movies"](hist_movie_ids=tf.constant(request["hist_movie_ids"]))
+    ids, lp = nxt["movie_ids"].numpy()[0], nxt["log_prob"].numpy()[0]
+    assert len(ids) == min(300, vocab.movie.size) and not set(ids) & set(hist[0]) and np.all(np.diff(lp) <= 1e-6)
+    order = np.argsort(-logp[0, 1:], kind="stable")
+    expect = [m for m in np.asarray(vocab.movie.values)[order] if m not in set(hist[0])][:5]
+    assert list(ids[:5]) == expect
     assert float(tf.reduce_min(served["rating"])) >= 0 and float(tf.reduce_max(served["rating"])) <= 5

@@ -40,9 +40,40 @@ def _evaluate_recall(cfg: Config, args: argparse.Namespace):  # noqa: ANN202
         client = redis.Redis.from_url(url)
         try:
             return ev.evaluate_recall(cfg, client, k=args.k, max_users=args.max_users,
-                                      on_progress=lambda i, n: progress.update(task, completed=i, total=n))
+                                      on_progress=lambda i, n: progress.update(task, completed=i, total=n),
+                                      extra_channels=_model_channel(cfg))
         finally:
             client.close()
+
+
+def _model_channel(cfg: Config):  # noqa: ANN202
+    """The gateway's ``next_model`` channel from the newest export's ``next_movies`` signature (None without one)."""
+    from model.export import exported_versions, model_base
+    from model.signature import NEXT_MOVIES_SIGNATURE
+
+    home = Home(cfg.home)
+    versions = exported_versions(home)
+    if not versions or cfg.serving.model_recall <= 0:
+        return None
+    import numpy as np
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(model_base(home) / str(versions[0]))).signatures.get(NEXT_MOVIES_SIGNATURE)
+    if fn is None:
+        return None
+    h = cfg.samples.history_len
+
+    def channel(ctx):  # noqa: ANN001, ANN202
+        tail = [m for m, _, _ in ctx.history][-h:]
+        if not tail:
+            return {}
+        hist = np.zeros((1, h), np.int64)
+        hist[0, h - len(tail):] = tail
+        out = fn(hist_movie_ids=tf.constant(hist))
+        got = zip(out["movie_ids"].numpy()[0].tolist(), out["log_prob"].numpy()[0].tolist())
+        return {"next_model": [(m, s) for m, s in got if m not in ctx.exclude][:cfg.serving.model_recall]}
+
+    return channel
 
 
 def _evaluate_model(cfg: Config, args: argparse.Namespace):  # noqa: ANN202

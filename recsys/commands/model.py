@@ -35,7 +35,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         ["epochs run", summary["epochs_run"]], ["train seconds", summary["train_seconds"]],
         ["best val_loss / val_auc / val_rating_mse",
          f"{best.get('val_loss')} / {best.get('val_auc')} / {best.get('val_rating_mse')}"],
-        ["ablated blocks", ", ".join(summary["ablate"]) or "none"]])
+        ["ablated blocks", ", ".join(summary["ablate"]) or "none"],
+        *([["sequence model epochs / seconds", f"{summary['sequence']['epochs_run']} / {summary['sequence']['train_seconds']}"],
+           ["sequence model best validation HR@10 / NDCG@10",
+            f"{summary['sequence']['best']['val_hr@10']} / {summary['sequence']['best']['val_ndcg@10']}"],
+           ["score mix (sequence share)", summary["sequence"]["mix"]]] if "sequence" in summary else [])])
     return 0
 
 
