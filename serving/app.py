@@ -27,9 +27,10 @@ from pipeline.events import EventLog, open_event_log
 from pipeline.home import Home
 from serving.gateway import Gateway
 from serving.grpc_api import start_grpc
-from serving.http_api import start_http
 from serving.metrics import GatewayMetrics
 from serving.ranking_client import RankingClient
+from serving.web.app import build_app
+from serving.web.server import start_http
 
 log = logging.getLogger("recsys.serve")
 
@@ -58,33 +59,54 @@ class RunningGateway:
 
     def stop(self, grace: float = 2.0) -> None:
         self.grpc_server.stop(grace).wait()
-        self.http_server.shutdown()
-        self.http_server.server_close()
+        self.http_server.stop()
+        if "accounts" in self.extras:
+            self.extras["accounts"].close()
         self.gateway.ranking.close()
         self.gateway.client.close()
         if self.events is not None:
             self.events.close()
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(cfg: Config) -> None:
+    """Refuse to serve beyond loopback without a bearer token: anyone who reached the port could write as anyone."""
+    s = cfg.serving
+    if s.bind not in LOOPBACK and not s.bind.startswith("127.") and not s.api_token:
+        raise ValueError(f"serving.bind = {s.bind!r} listens beyond this machine, so serving.api_token must be set "
+                         "(RECSYS_SERVING_API_TOKEN=...): gRPC and /api callers then send 'authorization: Bearer <token>'. "
+                         "Keep bind = 127.0.0.1 to serve this machine only.")
+
+
 def start_gateway(cfg: Config, redis_url: str, model_target: str, with_events: bool = True) -> RunningGateway:
+    """gRPC and HTTP over one ``Gateway``; ``ValueError`` when the bind address needs a token and has none."""
+    check_exposure(cfg)
     s = cfg.serving
     client = gateway_redis(redis_url, s.redis_timeout_ms)
     ranking = RankingClient(model_target, s.model_name, s.model_timeout_ms / 1000.0)
     events = open_event_log(cfg) if with_events else None
     gateway = Gateway(cfg, client, ranking, events, GatewayMetrics())
-    grpc_server = None
+    grpc_server = app = None
     try:
         grpc_server, grpc_port = start_grpc(gateway, s.bind, s.grpc_port)
-        http_server, http_port = start_http(gateway, s.bind, s.http_port)
+        app = build_app(gateway)
+        http_server = start_http(app, s.bind, s.http_port, s)
+        http_port = http_server.port
     except BaseException:
         if grpc_server is not None:
             grpc_server.stop(0)
+        if app is not None:
+            app.accounts.close()
         ranking.close()
         client.close()
         if events is not None:
             events.close()
         raise
-    return RunningGateway(gateway, grpc_port, http_port, grpc_server, http_server, events, model_target)
+    running = RunningGateway(gateway, grpc_port, http_port, grpc_server, http_server, events, model_target)
+    running.extras["accounts"] = app.accounts
+    return running
 
 
 def model_base_path(cfg: Config) -> Any:
