@@ -7,7 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HOME_DIR ?= ./var
 
-.PHONY: help venv demo test test-fast bench clean check-jdk proto
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: help venv demo test test-fast bench clean check-jdk proto browser
 
 help:
 	@echo "make demo   - synthetic data -> batch -> ranker -> serving + stream, prints Recommend answers"
@@ -34,7 +36,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/recsys --home $(HOME_DIR) demo
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium (never a downloaded browser build); installed when missing.
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser tests"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -15,6 +15,7 @@ import textwrap
 from typing import Sequence
 from xml.sax.saxutils import escape
 
+QUOTE = {'"': "&quot;"}
 GENRE_HUE = {"Action": 5, "Adventure": 30, "Animation": 50, "Children": 80, "Comedy": 55, "Crime": 250,
              "Documentary": 180, "Drama": 280, "Fantasy": 300, "Film-Noir": 220, "Horror": 350, "Musical": 320,
              "Mystery": 240, "Romance": 335, "Sci-Fi": 195, "Thriller": 265, "War": 100, "Western": 25, "IMAX": 210}
@@ -30,7 +31,7 @@ def poster_svg(movie_id: int, title: str, year: int | None, genres: Sequence[str
     shapes = "".join(f'<circle cx="{20 + digest[3 + i] % 160}" cy="{20 + digest[8 + i] % 120}" r="{10 + digest[13 + i] % 40}" '
                      f'fill="hsl({(hue + 60 * i) % 360},70%,80%)" opacity="0.35"/>' for i in range(4))
     return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 200 300" width="200" height="300" role="img" '
-            f'aria-label="{escape(title)} poster">'
+            f'aria-label="{escape(title, QUOTE)} poster">'
             f'<defs><linearGradient id="g" x1="0" y1="0" x2="1" y2="1"><stop offset="0" stop-color="hsl({hue},55%,38%)"/>'
             f'<stop offset="1" stop-color="hsl({hue2},60%,22%)"/></linearGradient></defs>'
             f'<rect width="200" height="300" fill="url(#g)"/>{shapes}'
