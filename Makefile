@@ -14,7 +14,7 @@ CHROMIUM := /usr/bin/chromium
 help:
 	@echo "make demo   - synthetic data -> batch -> ranker -> serving + stream, prints Recommend answers"
 	@echo "make test   - the full test suite (real Spark, real Redis)"
-	@echo "make bench  - batch, serving (open-loop gRPC) and stream benchmarks (JSON in bench/results)"
+	@echo "make bench  - batch, serving (open-loop gRPC), web page render and stream benchmarks (JSON in bench/results)"
 	@echo "make clean  - remove ./var (the default home); the venv stays"
 
 check-jdk:
@@ -50,6 +50,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.batch_bench
 	$(PY) -m bench.serving_bench
+	$(PY) -m bench.web_bench --home bench/.home
 	$(PY) -m bench.stream_bench
 
 # Regenerate the gRPC code of recsys.v1 from serving/protos (a test checks it is up to date).

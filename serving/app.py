@@ -109,6 +109,26 @@ def start_gateway(cfg: Config, redis_url: str, model_target: str, with_events: b
     return running
 
 
+@contextmanager
+def access_log_file(path: Any) -> Iterator[None]:
+    """The HTTP access log (one JSON object per line, ``recsys.access``) appended to ``path`` while inside."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("recsys.access")
+    before = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not on the console: one line per request
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(before[0])
+        logger.propagate = before[1]
+
+
 def model_base_path(cfg: Config) -> Any:
     from model.export import model_base
 
@@ -123,6 +143,7 @@ def serving_stack(cfg: Config) -> Iterator[RunningGateway]:
 
     s = cfg.serving
     with ExitStack() as stack:
+        stack.enter_context(access_log_file(Home(cfg.home).logs / "access.log"))
         url = stack.enter_context(redis_for_home(cfg))
         target = s.model_server
         model = None

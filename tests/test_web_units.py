@@ -110,3 +110,40 @@ def test_session_secret_and_csrf(tmp_path: Path) -> None:
 def test_bearer_ok() -> None:
     assert bearer_ok(None, "") and bearer_ok("Bearer t0k", "t0k") and bearer_ok("bearer t0k", "t0k")
     assert not bearer_ok(None, "t0k") and not bearer_ok("Bearer nope", "t0k") and not bearer_ok("Basic t0k", "t0k")
+
+
+def test_session_cookie_flags_and_tampering() -> None:
+    import asyncio
+
+    from serving.web.security import COOKIE, SessionMiddleware
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        scope["session"]["uid"] = 7
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    def run(scheme: str, cookie: str | None = None) -> tuple[list, dict]:
+        sent: list = []
+        seen: dict = {}
+
+        async def inner(scope: dict, receive: object, send: object) -> None:
+            seen.update(scope["session"])
+            await app(scope, receive, send)
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        headers = [(b"cookie", f"{COOKIE}={cookie}".encode())] if cookie else []
+        mw = SessionMiddleware(inner, "k" * 32, 1)
+        asyncio.run(mw({"type": "http", "path": "/me", "scheme": scheme, "headers": headers}, None, send))
+        return [v.decode() for k, v in sent[0]["headers"] if k == b"set-cookie"], seen
+
+    cookies, _ = run("http")
+    assert len(cookies) == 1 and "HttpOnly" in cookies[0] and "SameSite=Lax" in cookies[0] and "Secure" not in cookies[0]
+    tls, _ = run("https")
+    assert "Secure" in tls[0]
+    value = cookies[0].split(";")[0].split("=", 1)[1]
+    _, seen = run("http", value)
+    assert seen == {"uid": 7}                                   # a signed cookie round-trips
+    _, seen = run("http", value[:-2] + ("aa" if not value.endswith("aa") else "bb"))
+    assert seen == {}                                           # a tampered one is ignored

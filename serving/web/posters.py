@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import re
 import textwrap
 from typing import Sequence
 from xml.sax.saxutils import escape
@@ -25,7 +26,7 @@ def poster_svg(movie_id: int, title: str, year: int | None, genres: Sequence[str
     digest = hashlib.sha1(str(movie_id).encode()).digest()
     hue = (GENRE_HUE.get(genres[0], digest[0]) if genres else digest[0]) + digest[1] % 30
     hue2 = (hue + 40 + digest[2] % 60) % 360
-    lines = textwrap.wrap(title, 17)[:3] or ["?"]
+    lines = textwrap.wrap(re.sub(r"\s*\(\d{4}\)\s*$", "", title), 17)[:3] or ["?"]  # the year has its own line
     text = "".join(f'<tspan x="100" dy="{0 if i == 0 else 24}">{escape(line)}</tspan>' for i, line in enumerate(lines))
     genre_line = escape(" · ".join(genres[:3]))
     shapes = "".join(f'<circle cx="{20 + digest[3 + i] % 160}" cy="{20 + digest[8 + i] % 120}" r="{10 + digest[13 + i] % 40}" '
