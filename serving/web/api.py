@@ -25,7 +25,7 @@ from dataclasses import asdict
 from typing import Any, Callable
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -175,7 +175,10 @@ async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
         raise HttpError(413, f"body of {length} bytes is larger than {max_bytes} bytes", close=True)
     if content_type != "application/json":
         raise HttpError(415, f"the body must be application/json, got {content_type or 'no Content-Type'!r}")
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:  # the read timeout closed it (or the client went away): nobody to answer
+        raise HttpError(408, "the body did not arrive in time", close=True) from None
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, a >4300-digit integer, nesting too deep

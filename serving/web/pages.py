@@ -17,7 +17,8 @@ from urllib.parse import urlencode
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
@@ -87,7 +88,10 @@ class Pages:
         if length is None or int(length) > MAX_FORM_BYTES:
             raise PageError(413 if length else 411, "Form too large" if length else "Length required",
                             f"a form must say its length and stay under {MAX_FORM_BYTES} bytes")
-        form = await request.form(max_files=0, max_fields=64)
+        try:
+            form = await request.form(max_files=0, max_fields=64)
+        except ClientDisconnect:
+            raise PageError(408, "Too slow", "the form did not arrive in time") from None
         token = form.get("csrf") or request.headers.get("x-csrf-token")
         if not csrf_ok(request.scope.get("session") or {}, token if isinstance(token, str) else None):
             raise PageError(403, "Form expired", "this form's security token is missing or stale: reload the page "
@@ -274,6 +278,8 @@ class Pages:
             status, heading, message = 404, "Not found", str(exc)
         elif isinstance(exc, Unavailable):
             status, heading, message = 503, "Not available yet", str(exc)
+        elif isinstance(exc, HTTPException):  # Starlette's own refusals, e.g. a malformed multipart form
+            status, heading, message = exc.status_code, "Bad request", str(exc.detail)
         else:
             log.exception("%s %s failed", request.method, request.url.path)
             status, heading, message = 500, "Something broke", "the page failed; the server log has the details"
