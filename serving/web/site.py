@@ -23,6 +23,7 @@ from serving.profile import Profile
 from serving.web.accounts import Account
 
 ROW = 10
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError,)  # the store could not be read
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Site:
     def view(self) -> BatchView:
         try:
             return self.gw.versions.view()
-        except redis.RedisError:
+        except STORE_ERRORS:
             last = self.gw.versions.last_good
             if last is None:
                 raise Unavailable("Redis is unreachable and nothing was read before") from None
@@ -70,7 +71,7 @@ class Site:
         view = self.view()
         try:
             scored = view.store.global_list(name)
-        except redis.RedisError:
+        except STORE_ERRORS:
             scored = view.catalog.popular
         return self.movies([m for m, _ in scored[:n]])
 
@@ -83,14 +84,14 @@ class Site:
     def trending(self, n: int = ROW) -> list[Movie]:
         try:
             return self.movies([m for m, _ in self.view().store.trending(n)])
-        except redis.RedisError:
+        except STORE_ERRORS:
             return []
 
     def also_liked(self, movie_id: int, n: int = ROW) -> list[Movie]:
         """What the people who rated this movie rated next (the batch plane's 'next' lists)."""
         try:
             scored = self.view().store.item_lists("next", [movie_id]).get(movie_id, [])
-        except redis.RedisError:
+        except STORE_ERRORS:
             return []
         return self.movies([m for m, _ in scored if m != movie_id][:n])
 
@@ -122,7 +123,7 @@ class Site:
         view = self.view()
         try:
             ctx, feats = view.store.user_context(user_id)
-        except redis.RedisError:
+        except STORE_ERRORS:
             return [], []
         movies = view.catalog.movies
         rated = [Rated(movies[m], r, t) for m, r, t in reversed(ctx.history) if m in movies]
@@ -136,23 +137,17 @@ class Site:
         return rated, favourites[:5]
 
     def is_dataset_user(self, user_id: int) -> bool:
-        view = self.view()
-        keys = view.store.keys
-        return bool(view.store.client.exists(keys.user(view.store.version, user_id),
-                                             keys.user_history(view.store.version, user_id)))
+        """Whether the batch plane published features or a history for this id."""
+        ctx, feats = self.view().store.user_context(user_id)
+        return bool(ctx.history) or any(k != "online" for k in feats)
 
     def demo_user(self) -> int:
-        """A published dataset user with a history, picked at random among the first few hundred ids."""
-        view = self.view()
-        keys = view.store.keys
-        candidates = random.sample(range(1, 1000), 200)
-        pipe = view.store.client.pipeline(transaction=False)
-        for uid in candidates:
-            pipe.exists(keys.user_history(view.store.version, uid))
-        found = [uid for uid, ok in zip(candidates, pipe.execute()) if ok]
-        if not found:
-            raise Unavailable("no dataset user with a history is published")
-        return found[0]
+        """A published dataset user with a history, picked at random among the first thousand ids."""
+        store = self.view().store
+        for uid in random.sample(range(1, 1000), 60):
+            if store.user_context(uid)[0].history:
+                return uid
+        raise Unavailable("no dataset user with a history is published among ids 1-999")
 
 
 def profile_of(account: Account | None) -> Profile | None:
