@@ -6,10 +6,11 @@
 Each simulated user is a thread with its own cookie jar, signed in through the demo mode
 as a dataset user, that loops over the pages a visitor opens: home, a search, a movie
 page (predicted rating, similar, also-liked), the personal page (Recommend with reasons,
-history). Latency is the time to the last byte of the HTML (posters are separate,
-cacheable SVG requests and not counted). Closed loop: a user sends its next request when
-the last one is answered, so this measures render time under that concurrency, not a
-throughput limit. Writes bench/results/web-<time>.json.
+history), pausing a random think time (exponential, mean ``--think`` seconds) after each
+page as a person reading it would. Latency is the time to the last byte of the HTML
+(posters are separate, cacheable SVG requests and not counted). ``--think 0`` sends
+pages back to back: a saturation test, where latency is concurrency over throughput.
+The client threads run on the same cores as the server. Writes bench/results/web-<time>.json.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _demo_sign_in(opener: Any, base: str) -> None:
     opener.open(urllib.request.Request(base + "/demo", data=data), timeout=30).read()
 
 
-def run(base: str, users: int, seconds: float, movie_ids: list[int], words: list[str]) -> dict[str, list[float]]:
+def run(base: str, users: int, seconds: float, movie_ids: list[int], words: list[str],
+        think: float = 0.0) -> dict[str, list[float]]:
     timings: dict[str, list[float]] = {"home": [], "search": [], "movie": [], "me": []}
     lock = threading.Lock()
     end = time.monotonic() + seconds
@@ -67,6 +69,8 @@ def run(base: str, users: int, seconds: float, movie_ids: list[int], words: list
                 _get(opener, base + path)
                 with lock:
                     timings[name].append(time.perf_counter() - t)
+                if think:
+                    time.sleep(rng.expovariate(1.0 / think))
 
     threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
     for th in threads:
@@ -81,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", required=True, help="a home with a batch publish (an export makes it realistic)")
     parser.add_argument("--users", type=int, default=20, help="concurrent simulated users")
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--think", type=float, default=1.0,
+                        help="mean think time between a user's pages, seconds (exponential; 0 = back to back)")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
 
@@ -99,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://127.0.0.1:{stack.http_port}"
         console.print(f"web bench: {args.users} users for {args.seconds:.0f} s against {base} (model {model or 'none'})")
         run(base, 2, 3.0, popular, words)  # warm-up: catalog, title index, connections
-        timings = run(base, args.users, args.seconds, popular, words)
-    table = Table(title=f"page render at {args.users} concurrent users")
+        timings = run(base, args.users, args.seconds, popular, words, args.think)
+    table = Table(title=f"page render at {args.users} concurrent users, think time {args.think:g} s")
     for col in ("page", "requests", "p50 ms", "p95 ms", "p99 ms"):
         table.add_column(col)
     pages: dict[str, Any] = {}
@@ -114,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                "p95_ms": float(np.percentile(every, 95))}
     table.add_row("all", str(overall["requests"]), f"{overall['p50_ms']:.1f}", f"{overall['p95_ms']:.1f}", "")
     console.print(table)
-    path = write_result({"machine": describe(), "users": args.users, "seconds": args.seconds, "model_version": model,
+    path = write_result({"machine": describe(), "users": args.users, "seconds": args.seconds, "think_s": args.think,
+                         "model_version": model,
                          "pages": pages, "all": overall}, args.out, "web")
     console.print(f"written to {path}")
     return 0

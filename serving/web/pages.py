@@ -15,6 +15,7 @@ from typing import Any, Callable
 from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
@@ -35,6 +36,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 MAX_FORM_BYTES = 16 * 1024
 RECS_K = 12
 POLL_AFTER_RATING_S = 60
+HOME_CACHE_S = 5.0
 
 
 class PageError(Exception):
@@ -55,6 +57,7 @@ class Pages:
         self.env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
                                auto_reload=False)
         self.env.filters["date"] = _date
+        self._rows_cache: tuple[Any, float, Markup] | None = None
 
     # --- helpers -----------------------------------------------------------------------------
     @staticmethod
@@ -106,10 +109,21 @@ class Pages:
 
     # --- pages -------------------------------------------------------------------------------
     def home(self, request: Request) -> Response:
+        return self.render(request, "home.html", page="home", rows=self._home_rows())
+
+    def _home_rows(self) -> Markup:
+        """The rows of the home page: the same for everyone, rendered once per version and trending list (5 s at most)."""
         site = self.site
+        trending = site.trending()
+        key = (site.view().store.version, tuple(m.movie_id for m in trending))
+        cached = self._rows_cache
+        if cached and cached[0] == key and time.monotonic() - cached[1] < HOME_CACHE_S:
+            return cached[2]
         genre_rows = [(g, site.toprated(g, 8), site.popular(g, 8)) for g in site.genres_with_movies()]
-        return self.render(request, "home.html", page="home", trending=site.trending(), toprated=site.toprated(),
-                           popular=site.popular(), genre_rows=genre_rows)
+        html = Markup(self.env.get_template("_home_rows.html").render(
+            trending=trending, toprated=site.toprated(), popular=site.popular(), genre_rows=genre_rows))
+        self._rows_cache = (key, time.monotonic(), html)
+        return html
 
     def search(self, request: Request) -> Response:
         q = request.query_params
