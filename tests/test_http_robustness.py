@@ -198,7 +198,7 @@ def test_query_strings_are_checked_like_bodies(gw: Any) -> None:
 # --- methods, types, sizes -----------------------------------------------------------------------
 def test_writes_are_post_only_with_json(gw: Any) -> None:
     resp, sock, _ = _exchange(gw.http_port, b"GET /api/ratings?user_id=1&movie_id=1&rating=5 HTTP/1.1\r\nHost: t\r\n\r\n")
-    assert resp is not None and resp[0] == 405 and "POST" in json.loads(resp[2])["error"]
+    assert resp is not None and resp[0] == 405 and "POST" in json.loads(resp[2])["error"] and resp[1]["allow"] == "POST"
     sock.close()
     body = json.dumps({"user_id": 1, "movie_id": 1, "rating": 5}).encode()
     for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):

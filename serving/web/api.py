@@ -205,8 +205,10 @@ def api_routes(gateway: Gateway) -> list[Route]:
             if request.method == "GET":
                 if write:
                     code = "INVALID_ARGUMENT"
-                    return error_response(405, f"{request.url.path} is a write: use POST with a JSON body",
-                                          "INVALID_ARGUMENT")
+                    refused = error_response(405, f"{request.url.path} is a write: use POST with a JSON body",
+                                             "INVALID_ARGUMENT")
+                    refused.headers["allow"] = "POST"
+                    return refused
                 body: dict[str, Any] = dict(request.query_params)
             else:
                 body = await read_json_body(request, s.http_max_body_bytes)
