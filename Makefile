@@ -7,7 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HOME_DIR ?= ./var
 
-.PHONY: help venv demo test test-fast bench clean check-jdk proto
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: help venv demo test test-fast bench clean check-jdk proto browser
 
 # `make help` lists every target from its `## ` comment (a test checks none is missing).
 help: ## this list of targets
@@ -32,15 +34,21 @@ venv: $(STAMP) ## build .venv from requirements.lock (every other target does it
 demo: $(STAMP) ## synthetic data -> batch -> ranker -> serving + stream, prints Recommend answers
 	$(VENV)/bin/recsys --home $(HOME_DIR) demo
 
-test: $(STAMP) ## the full test suite (real Spark, Flink, Redis, TensorFlow; layers contract included)
+# The browser tests drive Debian's Chromium (never a downloaded browser build); installed when missing.
+browser: ## install Debian's chromium + chromium-driver for the browser tests when missing
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser tests"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+test: $(STAMP) browser ## the full test suite (real Spark, Flink, Redis, TensorFlow, Chromium; layers contract included)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP) ## the tests that start neither Spark nor Flink
 	$(PY) -m pytest -q -m "not spark and not flink"
 
-bench: $(STAMP) ## batch, serving (open-loop gRPC) and stream benchmarks (JSON in bench/results)
+bench: $(STAMP) ## batch, serving (open-loop gRPC), web page render and stream benchmarks (JSON in bench/results)
 	$(PY) -m bench.batch_bench
 	$(PY) -m bench.serving_bench
+	$(PY) -m bench.web_bench --home bench/.home
 	$(PY) -m bench.stream_bench
 
 # Regenerate the gRPC code of recsys.v1 from serving/protos (a test checks it is up to date).

@@ -200,7 +200,7 @@ class EventsConfig:
 class ServingConfig:
     """The gateway (gRPC + HTTP) and the model server it calls."""
 
-    bind: str = _f("0.0.0.0", "Address the gateway's gRPC and HTTP servers listen on (127.0.0.1 keeps them local).")
+    bind: str = _f("127.0.0.1", "Address the gateway's gRPC and HTTP servers listen on; anything beyond loopback (0.0.0.0, a LAN address) also needs api_token.")
     grpc_port: int = _f(50051, "gRPC port of recsys.v1.Recommender (0 = any free port).")
     http_port: int = _f(8080, "HTTP port of the JSON API, /healthz, /metrics and the web UI (0 = any free port).")
     model_server: str = _f("", "host:port of a TensorFlow Serving (or compatible) gRPC endpoint; empty = start the embedded model server.")
@@ -219,6 +219,27 @@ class ServingConfig:
     rank_cold_start: bool = _f(False, "Re-rank cold-start users' lists with the model (off: their recall order stands; the model's cold-user slice measured below popularity).")
     max_k: int = _f(100, "Largest k a caller may ask for.")
     version_check_seconds: float = _f(1.0, "How often the gateway checks Redis for a newly published batch version.")
+    api_token: str = _f("", "Bearer token service callers send (gRPC metadata or HTTP header 'authorization: Bearer <token>') for every recsys.v1 call and /api; empty = no token, allowed only while bind is loopback.")
+    http_read_timeout_seconds: float = _f(5.0, "HTTP: a request's head and body must arrive within this many seconds of its first byte (or of the connection), else 408 and close.")
+    http_keep_alive_seconds: int = _f(5, "HTTP: an idle keep-alive connection is closed after this many seconds.")
+    http_max_connections: int = _f(200, "HTTP: concurrent connections and requests beyond this are answered 503.")
+    http_max_body_bytes: int = _f(1048576, "HTTP: largest request body (413 beyond it).")
+    tls_certfile: str = _f("", "PEM certificate for HTTPS on the HTTP port (with tls_keyfile); session cookies are then Secure.")
+    tls_keyfile: str = _f("", "PEM private key of tls_certfile.")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The web pages served beside /api: accounts, sessions, sign-in limits."""
+
+    database_url: str = _f("", "SQLAlchemy URL of the accounts database (e.g. postgresql://...); empty = SQLite at <home>/web/accounts.db.")
+    session_secret: str = _f("", "Key that signs session cookies; empty = a random key generated once into <home>/web/session.key.")
+    session_days: int = _f(14, "How long a sign-in lasts.")
+    account_id_base: int = _f(1_000_000_000, "New accounts get user ids from here up (dataset ids stay below; a dataset id at or above it is refused at sign-up).")
+    demo: bool = _f(True, "Offer 'try the demo': sign in as a dataset user without an account (turn off on a public site).")
+    login_attempts: int = _f(5, "Failed sign-ins per account, and 4x this per client address, allowed per login_window_seconds.")
+    login_window_seconds: int = _f(300, "Window of the sign-in rate limit.")
+    page_size: int = _f(24, "Movies per search result page.")
 
 
 @dataclass(frozen=True)
@@ -253,6 +274,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
 
     def replace(self, section: str, **values: Any) -> "Config":
@@ -263,7 +285,8 @@ class Config:
 _SECTION_TYPES: dict[str, type] = {
     "spark": SparkConfig, "data": DataConfig, "synth": SynthConfig, "features": FeatureConfig,
     "recall": RecallConfig, "samples": SamplesConfig, "model": ModelConfig, "publish": PublishConfig,
-    "redis": RedisConfig, "events": EventsConfig, "serving": ServingConfig, "stream": StreamConfig,
+    "redis": RedisConfig, "events": EventsConfig, "serving": ServingConfig, "web": WebConfig,
+    "stream": StreamConfig,
 }
 
 
@@ -359,7 +382,10 @@ def _validate(cfg: Config) -> None:
                 ("model", "attention_heads"), ("events", "roll_seconds"), ("events", "roll_events"),
                 ("serving", "deadline_ms"), ("serving", "redis_timeout_ms"), ("serving", "model_timeout_ms"),
                 ("serving", "candidates"), ("serving", "max_k"), ("serving", "max_batch"), ("serving", "genre_cap"),
-                ("serving", "model_poll_seconds"), ("serving", "version_check_seconds"), ("stream", "parallelism"),
+                ("serving", "model_poll_seconds"), ("serving", "version_check_seconds"), ("serving", "http_read_timeout_seconds"),
+                ("serving", "http_keep_alive_seconds"), ("serving", "http_max_connections"),
+                ("serving", "http_max_body_bytes"), ("web", "session_days"), ("web", "account_id_base"),
+                ("web", "login_attempts"), ("web", "login_window_seconds"), ("web", "page_size"), ("stream", "parallelism"),
                 ("stream", "checkpoint_interval_ms"), ("stream", "monitor_interval_ms"),
                 ("stream", "trending_window_minutes"), ("stream", "trending_slide_minutes"), ("stream", "sink_batch"),
                 ("stream", "reorder_events")]
@@ -372,6 +398,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"serving.genre_cap must be in (0, 1], got {cfg.serving.genre_cap}")
     if cfg.stream.trending_slide_minutes > cfg.stream.trending_window_minutes:
         raise ConfigError("stream.trending_slide_minutes must not exceed stream.trending_window_minutes")
+    if bool(cfg.serving.tls_certfile) != bool(cfg.serving.tls_keyfile):
+        raise ConfigError("serving.tls_certfile and serving.tls_keyfile go together")
     if cfg.samples.negatives < 0:
         raise ConfigError(f"samples.negatives must be >= 0, got {cfg.samples.negatives}")
     from pipeline import recall as _recall  # local: recall imports config for types only

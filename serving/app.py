@@ -28,9 +28,10 @@ from pipeline.home import Home
 from pipeline.store import RedisStore
 from serving.gateway import Gateway
 from serving.grpc_api import start_grpc
-from serving.http_api import start_http
 from serving.metrics import GatewayMetrics
 from serving.ranking_client import RankingClient
+from serving.web.app import build_app
+from serving.web.server import start_http
 
 log = logging.getLogger("recsys.serve")
 
@@ -60,8 +61,9 @@ class RunningGateway:
 
     def stop(self, grace: float = 2.0) -> None:
         self.grpc_server.stop(grace).wait()
-        self.http_server.shutdown()
-        self.http_server.server_close()
+        self.http_server.stop()
+        if "accounts" in self.extras:
+            self.extras["accounts"].close()
         self.gateway.ranking.close()
         if self.store is not None:
             self.store.client.close()
@@ -69,26 +71,66 @@ class RunningGateway:
             self.events.close()
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(cfg: Config) -> None:
+    """Refuse to serve beyond loopback without a bearer token: anyone who reached the port could write as anyone."""
+    s = cfg.serving
+    if s.bind not in LOOPBACK and not s.bind.startswith("127.") and not s.api_token:
+        raise ValueError(f"serving.bind = {s.bind!r} listens beyond this machine, so serving.api_token must be set "
+                         "(RECSYS_SERVING_API_TOKEN=...): gRPC and /api callers then send 'authorization: Bearer <token>'. "
+                         "Keep bind = 127.0.0.1 to serve this machine only.")
+
+
 def start_gateway(cfg: Config, redis_url: str, model_target: str, with_events: bool = True) -> RunningGateway:
+    """gRPC and HTTP over one ``Gateway``; ``ValueError`` when the bind address needs a token and has none."""
+    check_exposure(cfg)
     s = cfg.serving
     client = gateway_redis(redis_url, s.redis_timeout_ms)
     ranking = RankingClient(model_target, s.model_name, s.model_timeout_ms / 1000.0)
     events = open_event_log(cfg) if with_events else None
     store = RedisStore(client, cfg.redis.key_prefix)
     gateway = Gateway(cfg, store, ranking, events, GatewayMetrics())
-    grpc_server = None
+    grpc_server = app = None
     try:
         grpc_server, grpc_port = start_grpc(gateway, s.bind, s.grpc_port)
-        http_server, http_port = start_http(gateway, s.bind, s.http_port)
+        app = build_app(gateway)
+        http_server = start_http(app, s.bind, s.http_port, s)
+        http_port = http_server.port
     except BaseException:
         if grpc_server is not None:
             grpc_server.stop(0)
+        if app is not None:
+            app.accounts.close()
         ranking.close()
         client.close()
         if events is not None:
             events.close()
         raise
-    return RunningGateway(gateway, grpc_port, http_port, grpc_server, http_server, events, model_target, store=store)
+    running = RunningGateway(gateway, grpc_port, http_port, grpc_server, http_server, events, model_target, store=store)
+    running.extras["accounts"] = app.accounts
+    return running
+
+
+@contextmanager
+def access_log_file(path: Any) -> Iterator[None]:
+    """The HTTP access log (one JSON object per line, ``recsys.access``) appended to ``path`` while inside."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("recsys.access")
+    before = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not on the console: one line per request
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(before[0])
+        logger.propagate = before[1]
 
 
 def model_base_path(cfg: Config) -> Any:
@@ -105,6 +147,7 @@ def serving_stack(cfg: Config) -> Iterator[RunningGateway]:
 
     s = cfg.serving
     with ExitStack() as stack:
+        stack.enter_context(access_log_file(Home(cfg.home).logs / "access.log"))
         url = stack.enter_context(redis_for_home(cfg))
         target = s.model_server
         model = None

@@ -39,6 +39,7 @@ from pipeline.store import NotPublished, OnlineStore, StoreUnavailable
 from serving.blend import blend, cap_genres, distinctive_history, reasons_for
 from serving.catalog import MovieCatalog
 from serving.metrics import GatewayMetrics
+from serving.profile import Profile, with_profile
 from serving.ranking_client import ModelUnavailable, Ranking, RankingClient
 
 MAX_RANK_IDS = 1000
@@ -249,7 +250,8 @@ class Gateway:
 
     # --- Recommend ------------------------------------------------------------------------
     def recommend(self, user_id: int, k: int = 0, exclude_seen: bool = True, genres: Sequence[str] = (),
-                  explain: bool = True, deadline: float | None = None) -> Answer:
+                  explain: bool = True, deadline: float | None = None, profile: Profile | None = None) -> Answer:
+        """``profile``: what a web account declared, filling gaps in the user's published features."""
         user_id, k, wanted = self._id("user_id", user_id), self._k(k), self._genres(genres)
         view, degraded = self._view_or_fallback("recommend")
         if degraded:
@@ -258,7 +260,8 @@ class Gateway:
         ctx: R.RecallContext | None = None
         try:
             t = time.perf_counter()
-            ctx, feats = view.store.user_context(user_id, history_len=self.cfg.features.history_len)
+            ctx, feats = with_profile(*view.store.user_context(user_id, history_len=self.cfg.features.history_len),
+                                      profile)
             stages["features"] = time.perf_counter() - t
             t = time.perf_counter()
             if not exclude_seen:
@@ -358,7 +361,8 @@ class Gateway:
         self.metrics.set_batch_version(answer.batch_version)
 
     # --- Rank -----------------------------------------------------------------------------
-    def rank(self, user_id: int, movie_ids: Sequence[int], deadline: float | None = None) -> Answer:
+    def rank(self, user_id: int, movie_ids: Sequence[int], deadline: float | None = None,
+             profile: Profile | None = None) -> Answer:
         user_id = self._id("user_id", user_id)
         if not movie_ids:
             raise InvalidArgument("movie_ids must not be empty")
@@ -377,6 +381,7 @@ class Gateway:
             except StoreUnavailable:
                 degraded = True
                 self.metrics.degraded.labels("rank", "redis").inc()
+        ctx, feats = with_profile(ctx, feats, profile)
         request = build_request(self._user_input(user_id, ctx, feats), view.catalog.movie_inputs(ids),
                                 self.history_len, self.title_len)
         try:

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving.auth import bearer_ok
 from serving.gateway import Answer, Gateway, error_code
 from serving.protos.recsys.v1 import recommender_pb2 as pb
 from serving.protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
@@ -43,13 +44,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.default_ms = gateway.cfg.serving.deadline_ms
+        self.token = gateway.cfg.serving.api_token
 
     def _call(self, method: str, context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
         metrics = self.gw.metrics
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            return fn()
+            given = dict(context.invocation_metadata()).get("authorization") if self.token else None
+            if bearer_ok(given, self.token):
+                return fn()
+            code, message = grpc.StatusCode.UNAUTHENTICATED, "metadata 'authorization: Bearer <token>' is required"
         except Exception as exc:
             name = error_code(exc)
             if name is None:  # a bug: log it, answer INTERNAL, keep serving

@@ -326,7 +326,8 @@ def test_http_rejects_undelimited_and_non_json_bodies(gw: Any) -> None:
     conn.request("POST", "/api/recommend", body=b"{not json", headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     assert resp.status == 400 and "not JSON" in json.loads(resp.read())["error"]
-    conn.request("POST", "/api/recommend", body=json.dumps({"user_id": 1e400}).encode())  # still usable: keep-alive
+    conn.request("POST", "/api/recommend", body=json.dumps({"user_id": 1e400}).encode(),  # still usable: keep-alive
+                 headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     assert resp.status == 400 and "user_id" in json.loads(resp.read())["error"]
     conn.close()

@@ -38,6 +38,8 @@ class ScriptedRanking:
         self.scores, self.version = scores, version
         self.down = False
         self.requests: list[dict[str, np.ndarray]] = []
+        self.next: list[tuple[int, float]] = []          # what next_movies answers
+        self.histories: list[list[int]] = []
 
     def rank(self, request: dict[str, np.ndarray], timeout_s: float | None = None) -> Ranking:
         if self.down:
@@ -48,6 +50,13 @@ class ScriptedRanking:
         history = request["hist_movie_ids"].shape[1]
         return Ranking(score=score, rating=1.0 + 4.0 * score, attention=np.zeros((len(ids), history), np.float32),
                        model_version=self.version)
+
+    def next_movies(self, history: list[int], history_len: int, timeout_s: float | None = None) -> list[tuple[int, float]]:
+        """The ``next_movies`` signature: a scripted list, whatever the history."""
+        if self.down:
+            raise ModelUnavailable("scripted: model server down")
+        self.histories.append(list(history))
+        return list(self.next)
 
     def model_status(self, timeout_s: float | None = None) -> str | None:
         if self.down:
@@ -264,3 +273,25 @@ def test_k_and_ids_are_validated(tmp_path: Path, store: InMemoryStore, model: Sc
         gateway.recommend(USER, k=21)
     with pytest.raises(InvalidArgument, match="user_id must be a positive integer"):
         gateway.recommend(0)
+
+
+def test_the_model_channel_joins_recall_without_seen_or_unlisted_movies(tmp_path: Path, model: ScriptedRanking) -> None:
+    data = published()
+    data.movies[13] = {"title": "Movie 13", "genres": ["Drama"], "year": 2003, "title_tokens": ["movie"],
+                       "n_ratings": 0, "in_catalog": False}          # listed, dropped by the batch filter
+    store = InMemoryStore({"v1": data}, current="v1")
+    model.next = [(1, -0.1), (13, -0.2), (11, -0.3)]            # 1 is seen, 13 not recommendable
+    gw = make_gateway(config(tmp_path, model_recall=2), store, model)
+    answer = gw.recommend(USER, k=12)
+    assert model.histories[-1] == [1, 2, 5]                       # the live history goes to next_movies
+    sent = [int(m) for m in model.requests[-1]["movie_ids"][0]]
+    assert 1 not in sent and 13 not in sent and 13 not in ids(answer)
+    by_id = {item.movie_id: item for item in answer.items}
+    assert "next_model" in by_id[11].sources
+    assert by_id[11].reason == "often watched right after movies you watched recently"
+    ranked = gw.rank(USER, [13, 11])                               # Rank scores a listed movie all the same
+    assert ids(ranked) == [13, 11] and not ranked.degraded
+    model.down = True
+    assert gw.recommend(USER, k=3).degraded                       # channel empty, ranking reports the outage
+    with pytest.raises(InvalidArgument, match=r"unknown movie id\(s\): 99, 98$"):
+        gw.rank(USER, [99, 11, 98, 99])

@@ -16,6 +16,7 @@ from typing import Any
 
 from recsys.commands.batch import run_batch_with_progress
 from recsys.commands.data import ensure_default_data
+from recsys.commands.serve import web_address
 from recsys.commands.ui import config_from, console, print_table
 from pipeline.config import Config
 from pipeline.home import Home
@@ -41,8 +42,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     timings["serving + stream"] = time.perf_counter() - t
     console.print(f"[bold green]demo done in {time.perf_counter() - t0:.0f} s[/] "
                   f"({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}): home {cfg.home}, batch version "
-                  f"{manifest['version']}. `recsys --home {cfg.home} serve` serves it on ports "
-                  f"{cfg.serving.grpc_port or 50051}/{cfg.serving.http_port or 8080}.")
+                  f"{manifest['version']}.")
+    serve_cfg = config_from(args, {})  # the ports `recsys serve` uses (the demo itself ran on free ones)
+    console.print(f"[bold]web:[/] `recsys --home {cfg.home} serve`, then open "
+                  f"{web_address(serve_cfg, serve_cfg.serving.http_port)} (sign up, or try the demo as a dataset user)")
     return 0
 
 
@@ -74,7 +77,7 @@ def _serve_and_show(cfg: Config, version: str, args: argparse.Namespace, timings
         shutil.rmtree(Home(cfg.home).checkpoints, ignore_errors=True)
     with serving_stack(cfg) as stack:
         model_version = wait_for_model(stack)
-        console.print(f"[bold]serving[/]: gRPC {stack.grpc_target}, HTTP http://127.0.0.1:{stack.http_port}/, "
+        console.print(f"[bold]serving[/]: gRPC {stack.grpc_target}, web {web_address(cfg, stack.http_port)}, "
                       f"model server {stack.model_target} (version {model_version})")
         with grpc.insecure_channel(stack.grpc_target) as channel:
             stub = pb_grpc.RecommenderStub(channel)

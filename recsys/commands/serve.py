@@ -19,9 +19,10 @@ def serve_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from model.export import exported_versions
     from pipeline.home import Home
-    from serving.app import serving_stack
+    from serving.app import check_exposure, serving_stack
 
     cfg = config_from(args, serve_overrides(args))
+    check_exposure(cfg)  # before anything starts: beyond loopback needs serving.api_token
     if not cfg.serving.model_server and not exported_versions(Home(cfg.home), cfg.serving.model_name):
         console.print(f"[yellow]no exported model under {Home(cfg.home).models / cfg.serving.model_name}: answers are "
                       "degraded (recall order) until `recsys export` writes one; the model server picks it up by itself")
@@ -32,7 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         health = stack.gateway.health()
         console.print(f"[bold green]serving[/] home {cfg.home}\n"
                       f"  gRPC recsys.v1.Recommender  {cfg.serving.bind}:{stack.grpc_port}\n"
-                      f"  HTTP /api, /healthz, /metrics  http://{cfg.serving.bind}:{stack.http_port}/\n"
+                      f"  HTTP web pages, /api, /healthz, /metrics  {web_address(cfg, stack.http_port)}\n"
                       f"  model server  {stack.model_target} (model '{cfg.serving.model_name}', version "
                       f"{health['model_version'] or 'none yet'})\n"
                       f"  Redis  {stack.extras['redis_url']} (batch version {health['batch_version'] or 'none: run `recsys batch`'})\n"
@@ -42,6 +43,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         console.print("stopping ...")
     console.print("stopped")
     return 0
+
+
+def web_address(cfg: Any, port: int) -> str:
+    """The address a browser on this machine opens (a wildcard bind is reachable on loopback)."""
+    host = "127.0.0.1" if cfg.serving.bind in ("0.0.0.0", "::", "") else cfg.serving.bind
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if cfg.serving.tls_certfile else 'http'}://{host}:{port}/"
 
 
 def _spool(cfg: Any) -> Any:
