@@ -89,9 +89,10 @@ class ParseEvents(ProcessFunction):
             return  # blank lines are not events (read_spool skips them too)
         try:
             e = parse_event(value)
-        except EventError as exc:
+        except Exception as exc:  # noqa: BLE001 - any bad line is a dead letter, never a job failure
             self.malformed.inc()
-            yield DEAD_LETTER, dead_letter_line(value, str(exc))
+            reason = str(exc) if isinstance(exc, EventError) else f"unparseable line: {type(exc).__name__}"
+            yield DEAD_LETTER, dead_letter_line(value, reason)
             yield STATS, (shard_of(value), "malformed")
             return
         self.parsed.inc()

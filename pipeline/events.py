@@ -35,6 +35,9 @@ from typing import Any, Iterator, Protocol
 FIELDS = ("event_id", "user_id", "movie_id", "rating", "ts")
 RATING_MIN, RATING_MAX, RATING_STEP = 0.5, 5.0, 0.5  # MovieLens stars (ML-1M uses whole stars only)
 MAX_EVENT_ID = 128
+MAX_ID = 2**31 - 1            # ids are int32 in the batch schema: a larger one could never join anything
+MAX_LINE_BYTES = 4096         # an event is ~100 bytes; a longer line is refused before JSON parsing
+FUTURE_SLACK_S = 86_400       # event times up to a day ahead (clock skew); later ones would move the watermark
 SEGMENT_PREFIX, SEGMENT_SUFFIX, IN_PROGRESS_PREFIX = "events-", ".jsonl", ".seg-"
 
 
@@ -54,27 +57,39 @@ class RatingEvent:
         return json.dumps(asdict(self), separators=(",", ":"))
 
 
-def _int_field(name: str, value: Any, minimum: int) -> int:
+def _int_field(name: str, value: Any, minimum: int, maximum: int) -> int:
     # bool is an int in Python and 4.0 is a float in JSON: both are refused, ids are integers.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise EventError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise EventError(f"{name} must be >= {minimum}, got {value}")
+        raise EventError(f"{name} must be an integer, got {_short(value)}")
+    if not minimum <= value <= maximum:
+        raise EventError(f"{name} must be in {minimum}..{maximum}, got {_short(value)}")
     return value
+
+
+def _short(value: Any) -> str:
+    """repr for an error message, cut so a 5,000-digit number does not become a 5,000-character reason."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else f"a {len(str(abs(value)))}-digit number"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _ts_field(value: Any) -> int:
+    """Seconds since the epoch, from 0 to a day ahead of this machine's clock."""
+    return _int_field("ts", value, 0, int(time.time()) + FUTURE_SLACK_S)
 
 
 def check_rating(value: Any) -> float:
     """A rating is a number in 0.5..5 in half-star steps."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise EventError(f"rating must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, float) and not math.isfinite(value)):
+        raise EventError(f"rating must be a number, got {_short(value)}")
     if not RATING_MIN <= value <= RATING_MAX or (value / RATING_STEP) != round(value / RATING_STEP):
-        raise EventError(f"rating must be between {RATING_MIN} and {RATING_MAX} in steps of {RATING_STEP}, got {value}")
+        raise EventError(f"rating must be between {RATING_MIN} and {RATING_MAX} in steps of {RATING_STEP}, got {_short(value)}")
     return float(value)
 
 
 def _check_event_id(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_EVENT_ID:
-        raise EventError(f"event_id must be a non-empty string of at most {MAX_EVENT_ID} characters, got {value!r}")
+        raise EventError(f"event_id must be a non-empty string of at most {MAX_EVENT_ID} characters, got {_short(value)}")
     return value
 
 
@@ -82,17 +97,26 @@ def new_event(user_id: int, movie_id: int, rating: float, ts: int | None = None,
               event_id: str | None = None) -> RatingEvent:
     """A validated event with a fresh id (``ts`` defaults to now)."""
     return RatingEvent(event_id=_check_event_id(event_id) if event_id is not None else uuid.uuid4().hex,
-                       user_id=_int_field("user_id", user_id, 1), movie_id=_int_field("movie_id", movie_id, 1),
-                       rating=check_rating(rating),
-                       ts=_int_field("ts", int(time.time()) if ts is None else ts, 0))
+                       user_id=_int_field("user_id", user_id, 1, MAX_ID),
+                       movie_id=_int_field("movie_id", movie_id, 1, MAX_ID), rating=check_rating(rating),
+                       ts=_ts_field(int(time.time()) if ts is None else ts))
 
 
 def parse_event(raw: str | bytes) -> RatingEvent:
-    """One log line -> event; anything else raises ``EventError`` saying what is wrong."""
+    """One log line -> event; anything else raises ``EventError`` saying what is wrong.
+
+    Every way a line can be bad ends here as an ``EventError`` - too long, not UTF-8, not JSON, nested too deep
+    for the parser, a number past the parser's digit limit, out-of-range ids or times - so the stream job
+    dead-letters it and goes on instead of failing on it, restarting and reading it again.
+    """
+    if len(raw) > MAX_LINE_BYTES:
+        raise EventError(f"line of {len(raw)} bytes exceeds {MAX_LINE_BYTES}")
     try:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EventError(f"not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:   # int digit limit, nesting depth
+        raise EventError(f"not a usable JSON value: {_short(str(exc))}") from None
     if not isinstance(obj, dict):
         raise EventError(f"not a JSON object: {type(obj).__name__}")
     unknown = sorted(set(obj) - set(FIELDS))
@@ -101,9 +125,9 @@ def parse_event(raw: str | bytes) -> RatingEvent:
     missing = [f for f in FIELDS if f not in obj]
     if missing:
         raise EventError(f"missing field(s): {', '.join(missing)}")
-    return RatingEvent(event_id=_check_event_id(obj["event_id"]), user_id=_int_field("user_id", obj["user_id"], 1),
-                       movie_id=_int_field("movie_id", obj["movie_id"], 1), rating=check_rating(obj["rating"]),
-                       ts=_int_field("ts", obj["ts"], 0))
+    return RatingEvent(event_id=_check_event_id(obj["event_id"]), user_id=_int_field("user_id", obj["user_id"], 1, MAX_ID),
+                       movie_id=_int_field("movie_id", obj["movie_id"], 1, MAX_ID), rating=check_rating(obj["rating"]),
+                       ts=_ts_field(obj["ts"]))
 
 
 def dead_letter_line(raw: str | bytes, reason: str) -> str:

@@ -33,6 +33,15 @@ def test_new_event_round_trips_and_validates() -> None:
     ('{"event_id": "a", "user_id": 1, "movie_id": 2.5, "rating": 4, "ts": 1}', "movie_id must be an integer"),
     ('{"event_id": "a", "user_id": 1, "movie_id": 2, "rating": 0, "ts": 1}', "rating must be between"),
     ('{"event_id": "", "user_id": 1, "movie_id": 2, "rating": 4, "ts": 1}', "event_id"),
+    # poison lines that once crash-looped the stream job: each is now one named dead letter
+    ('{"event_id": "a", "user_id": 9223372036854775808, "movie_id": 2, "rating": 4, "ts": 1}', "user_id must be in 1..2147483647"),
+    ('{"event_id": "a", "user_id": 1, "movie_id": 2, "rating": 4, "ts": 9300000000000000}', "ts must be in 0.."),
+    ('{"event_id": "a", "user_id": 1, "movie_id": 2, "rating": 4, "ts": 4102444800}', "ts must be in 0.."),
+    ('{"event_id": "a", "user_id": 1, "movie_id": 2, "rating": 1' + "0" * 400 + ', "ts": 1}', "a 401-digit number"),
+    ('{"event_id": "a", "user_id": 1' + "0" * 5000 + ', "movie_id": 2, "rating": 4, "ts": 1}', "exceeds 4096"),
+    ('{"event_id": "a", "user_id": 1' + "0" * 4400 + ', "movie_id": 2, "rating": 4, "ts": 1}', "exceeds 4096"),
+    ("[" * 3000 + "]" * 3000, "exceeds 4096"),
+    ("[" * 2000, "JSON"),                       # deeper than the parser recurses
 ])
 def test_parse_event_names_the_problem(line: str, words: str) -> None:
     with pytest.raises(EventError, match=words.replace("(", r"\(").replace(")", r"\)")):
