@@ -106,6 +106,12 @@ def tensor_shape(proto: tensor_pb2.TensorProto) -> tuple[int, ...]:
     return tuple(d.size for d in proto.tensor_shape.dim)
 
 
+#: Most elements one decoded tensor may have. A real request is far below it (500 candidates x 19 genres is
+#: ~10k); the bound exists because TensorFlow's fill rule lets a 40-byte proto declare [1, 2**31] and ask for
+#: 16 GiB - the declared size is checked before anything is allocated.
+MAX_ELEMENTS = 4_000_000
+
+
 def from_tensor_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
     """A TensorProto as a numpy array (strings: ``object`` array of ``bytes``).
 
@@ -116,7 +122,11 @@ def from_tensor_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
     shape = tensor_shape(proto)
     if any(d < 0 for d in shape):
         raise ValueError(f"tensor shape {list(shape)} has an unknown dimension")
-    size = int(np.prod(shape, dtype=np.int64))
+    size = 1
+    for d in shape:  # exact integers: a product of huge dimensions must not wrap around in int64
+        size *= int(d)
+    if size > MAX_ELEMENTS:
+        raise ValueError(f"tensor shape {list(shape)} declares {size} elements, more than the {MAX_ELEMENTS} allowed")
     if proto.dtype == types_pb2.DT_STRING:
         values = proto.string_val
         if len(values) == size:

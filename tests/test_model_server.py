@@ -238,6 +238,14 @@ def test_metadata_status_health_reflection(server, base1: Path) -> None:  # noqa
     channel.close()
 
 
+def huge_proto():  # noqa: ANN201
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1),
+                                                   tensor_shape_pb2.TensorShapeProto.Dim(size=2**31)])
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_INT64, tensor_shape=shape, int64_val=[1])
+
+
 def test_bad_requests_get_tf_serving_status_codes(server, base1: Path) -> None:  # noqa: ANN001
     from serving.tensors import to_tensor_proto
 
@@ -266,9 +274,11 @@ def test_bad_requests_get_tf_serving_status_codes(server, base1: Path) -> None: 
         "rank": lambda r: r.inputs["movie_ids"].CopyFrom(to_tensor_proto(np.zeros((6,), np.int64))),
         "batch": lambda r: r.inputs["gender"].CopyFrom(to_tensor_proto(np.array(["F", "M"], object))),
         "filter": lambda r: r.output_filter.append("logits"),
+        # 40 bytes declaring [1, 2**31]: refused from the declared size, before anything is allocated
+        "huge": lambda r: r.inputs["movie_ids"].CopyFrom(huge_proto()),
     }
     named = {"missing": "movie_year", "unknown": "colour", "dtype": "user_id", "shape": "hist_ratings",
-             "rank": "movie_ids", "batch": "gender", "filter": "logits"}
+             "rank": "movie_ids", "batch": "gender", "filter": "logits", "huge": "2147483648 elements"}
     for case, mutate in cases.items():
         req = predict_request(good)
         mutate(req)
