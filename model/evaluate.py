@@ -150,7 +150,7 @@ def run_fn(run_dir: Path) -> Callable[..., dict[str, Any]]:
     import tempfile
 
     from model.export import _write_vocab_files, build_module, load_sequence
-    from model.train import load_run
+    from model.runs import load_run
 
     ranker, vocab, table, _ = load_run(run_dir)
     files = _write_vocab_files(vocab, Path(tempfile.mkdtemp(prefix="recsys-vocab-")))
@@ -306,7 +306,7 @@ def evaluate_p2(cfg: Config, runs: list[str], max_rows: int | None = None, batch
     from model.baselines import BiasedMF, BiasModel
     from model.export import exported_versions, model_base
     from model.signature import as_tensors
-    from model.train import runs_dir
+    from model.runs import runs_dir
     from pipeline.evaluate import Report
 
     home = Home(cfg.home)

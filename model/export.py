@@ -194,7 +194,7 @@ def export(home: Home, run_dir: Path, model_name: str = MODEL_NAME) -> Path:
     """Export the run's ranker as the next version under ``<home>/models/<model_name>/``."""
     import tensorflow as tf
 
-    from model.train import load_run
+    from model.runs import load_run
 
     ranker, vocab, table, summary = load_run(run_dir)
     base = model_base(home, model_name)

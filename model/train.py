@@ -14,63 +14,15 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
+from model.runs import RunPaths, TrainingError, latest_run, load_run, runs_dir  # noqa: F401 - the trainer's public names
 from pipeline.config import Config
 from pipeline.home import Home, atomic_write_text, table_path
-
-
-class TrainingError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    @property
-    def model(self) -> Path:
-        return self.root / "ranker.keras"
-
-    @property
-    def vocab(self) -> Path:
-        return self.root / "vocab.json"
-
-    @property
-    def movie_table(self) -> Path:
-        return self.root / "movie_table.npz"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def backup(self) -> Path:
-        return self.root / "backup"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-
-def runs_dir(home: Home) -> Path:
-    return home.models / "runs"
-
-
-def latest_run(home: Home) -> Path:
-    pointer = runs_dir(home) / "LATEST"
-    if not pointer.exists():
-        raise TrainingError(f"no trained model in {runs_dir(home)}: run `recsys train` first")
-    return runs_dir(home) / pointer.read_text().strip()
 
 
 def block_config(cfg: Config):  # noqa: ANN201
@@ -272,20 +224,3 @@ def train_sequence(cfg: Config, home: Home, version: str, vocab: Any, table: Any
             print(f"score mix (sequence share -> validation NDCG@10): {table_of_mix}; chosen {mix:g}", flush=True)
     S.save(model, spec, paths.root, {"mix": mix, "mix_validation": table_of_mix})
     return {**summary, "mix": mix, "mix_validation": table_of_mix}
-
-
-def load_run(run_dir: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """(ranker, vocab, movie table, summary) of a finished run."""
-    import keras
-
-    import model.layers  # noqa: F401 - registers the custom layers for deserialisation
-    from model.vocab import MovieTable, Vocab
-
-    paths = RunPaths(Path(run_dir))
-    if not paths.model.exists():
-        raise TrainingError(f"{paths.root} holds no finished model (ranker.keras)")
-    ranker = keras.models.load_model(paths.model)
-    vocab = Vocab.from_json(json.loads(paths.vocab.read_text()), title_len=json.loads(paths.vocab.read_text())["title_len"])
-    t = np.load(paths.movie_table)
-    table = MovieTable(genres=t["genres"], decade_idx=t["decade_idx"], title_idx=t["title_idx"], stats=t["stats"])
-    return ranker, vocab, table, json.loads(paths.summary.read_text())
