@@ -18,8 +18,8 @@ from typing import Any, Iterator
 import pytest
 import redis
 
+from pipeline.store import RedisStore
 from serving.app import start_gateway
-from serving.evaluate import clear_online_state
 from tests.test_gateway import copy_version, gateway_config, spawn
 
 pytestmark = [pytest.mark.spark, pytest.mark.tf, pytest.mark.redis, pytest.mark.flink, pytest.mark.browser]
@@ -42,7 +42,7 @@ def stack(exported_model: Path, p1_batch: dict, tmp_path_factory: pytest.TempPat
     cfg = cfg.replace("events", dead_letter_dir=str(tmp / "dead")).replace("web", login_attempts=3)
     running = start_gateway(cfg, cfg.redis.url, f"127.0.0.1:{server.port}")
     client = redis.Redis.from_url(cfg.redis.url)
-    clear_online_state(client, cfg.redis.key_prefix)
+    RedisStore(client, cfg.redis.key_prefix).clear_online()
     job = start_stream(cfg, restore=False)
     try:
         yield {"url": f"http://127.0.0.1:{running.http_port}", "job": job, "cfg": cfg, "running": running}
@@ -50,7 +50,7 @@ def stack(exported_model: Path, p1_batch: dict, tmp_path_factory: pytest.TempPat
         job.stop()
         running.stop()
         server.stop()
-        clear_online_state(client, cfg.redis.key_prefix)
+        RedisStore(client, cfg.redis.key_prefix).clear_online()
         client.close()
 
 
