@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--k", type=int, default=10)
     demo.add_argument("--epochs", type=int, default=1, help="epochs of the demo ranker")
     demo.add_argument("--train-examples", type=int, default=200_000, help="examples the demo ranker trains on (0 = all)")
+    demo.add_argument("--sequence-epochs", type=int, default=4, help="epochs of the demo's next-movie sequence model")
     demo.add_argument("--replay", type=int, default=5, help="held-back ratings of one user replayed through the stream")
     demo.add_argument("--no-stream", action="store_true", help="skip the stream part")
     demo.set_defaults(func=demo_cmd.cmd_demo)

@@ -25,7 +25,8 @@ from pipeline.home import Home
 def cmd_demo(args: argparse.Namespace) -> int:
     overrides = {"synth": {"users": args.users, "ratings": args.ratings, "movies": args.movies},
                  "data": {"split": "p3"},
-                 "model": {"epochs": args.epochs, "max_train_examples": args.train_examples},
+                 "model": {"epochs": args.epochs, "max_train_examples": args.train_examples,
+                           "sequence_epochs": args.sequence_epochs, "mix_users": 500},
                  # any free ports: a demo must not collide with a `recsys serve` already running
                  "serving": {"bind": "127.0.0.1", "grpc_port": 0, "http_port": 0, "model_port": 0}}
     cfg = config_from(args, overrides)
@@ -57,6 +58,10 @@ def _train_and_export(cfg: Config) -> None:
                   f"{cfg.model.epochs} epoch(s); `recsys train` without limits for the full model) ...")
     summary = train(cfg, verbose=0, on_epoch=lambda e, logs: console.print(
         f"  epoch {e + 1}: val_loss {logs.get('val_loss', float('nan')):.4f}"))
+    if "sequence" in summary:
+        seq = summary["sequence"]
+        console.print(f"  next-movie sequence model: {seq['epochs_run']} epoch(s), validation NDCG@10 "
+                      f"{seq['best']['val_ndcg@10']}, its share of the score {seq['mix']:g}")
     path = export(Home(cfg.home), latest_run(Home(cfg.home)))
     console.print(f"  trained in {summary['train_seconds']:.0f} s, exported to {path}")
 
