@@ -255,6 +255,27 @@ def drift_problems(compose: Doc, k8s: list[Doc]) -> list[str]:
     if not rest or f"flink-jobmanager:{rest[0].split('=')[1]}" not in submit:
         problems.append("compose stream: -m does not name flink-jobmanager's rest.port")
 
+    # Paths into the image's copy of the repository must exist in the repository.
+    def strings(node: Any) -> Iterable[str]:
+        if isinstance(node, dict):
+            for v in node.values():
+                yield from strings(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from strings(v)
+        elif isinstance(node, str):
+            yield node
+
+    for where, tree in (("compose", compose), *((f"k8s {d['kind']}/{d['metadata']['name']}", d) for d in k8s)):
+        for text in strings(tree):
+            for path in re.findall(r"/opt/recsys/([\w./-]+)", text):
+                if not (ROOT / path).exists():
+                    problems.append(f"{where}: /opt/recsys/{path} is no file of the repository (moved?)")
+        for svc in (tree.get("services", {}) or {}).values() if where == "compose" else ():
+            for item in svc.get("entrypoint", [])[:1]:
+                if "/" in item and not (ROOT / item).exists():
+                    problems.append(f"compose: entrypoint {item} is no file of the repository")
+
     # --- Kubernetes ------------------------------------------------------------------------
     for d in k8s:
         where = f"k8s {d['kind']}/{d['metadata']['name']}"

@@ -152,6 +152,17 @@ def test_cross_check_fails_on_a_moved_model_or_a_stale_image(compose: dict, base
     assert any("recsys:0.0.9 should be recsys:" in p for p in problems), problems
 
 
+def test_cross_check_fails_on_a_moved_entry_script(compose: dict, base: list[dict]) -> None:
+    k8s = copy.deepcopy(base)
+    stream = next(d for d in k8s if d["kind"] == "FlinkDeployment")
+    stream["spec"]["job"]["args"] = [a.replace("flink_jobs/main.py", "flink_jobs/job.py") for a in stream["spec"]["job"]["args"]]
+    broken = copy.deepcopy(compose)
+    broken["services"]["stream"]["entrypoint"] = ["deploy/flink-submit.sh"]
+    problems = manifests.drift_problems(broken, k8s)
+    assert any("/opt/recsys/flink_jobs/job.py is no file" in p for p in problems), problems
+    assert any("entrypoint deploy/flink-submit.sh" in p for p in problems), problems
+
+
 def test_dockerfile_promises() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M)
