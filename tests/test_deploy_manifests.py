@@ -185,3 +185,17 @@ def test_dockerfile_promises() -> None:
             assert item in allowed, f"COPY {item}: excluded by .dockerignore"
     compose_build = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["x-recsys"]["build"]
     assert (DEPLOY / compose_build["context"] / compose_build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+
+
+def test_image_entry_point_runs_recsys(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RECSYS_HOME": str(tmp_path)}
+    proc = subprocess.run([str(DEPLOY / "entrypoint.sh"), "config", "sample"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (ROOT / "recsys.example.toml").read_text()
+    # `executor` without Spark's variables is an ordinary (unknown) recsys command, not a JVM start.
+    proc = subprocess.run([str(DEPLOY / "entrypoint.sh"), "executor"], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == 2 and "executor" in proc.stderr
