@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from flink_jobs.control import _write_config
 from pipeline import keys as K
 from pipeline.config import ConfigError
 from pipeline.lease import LeaseError, LeaseLost, RedisLease
-from tests.conftest import make_config
+from tests.conftest import config_environ, make_config
 
 pytestmark = pytest.mark.redis
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,14 +117,13 @@ def test_publish_killed_mid_write_is_cleaned_up_by_the_next(spark, p1_batch: dic
     keys = K.Keys(cfg.redis.key_prefix)
     client = redis.Redis.from_url(redis_srv.url)
     first = publish(spark, cfg, p1_batch["version"], client)   # a good version readers use meanwhile
-    config_file = _write_config(cfg, tmp_path / "publish.toml")
     # A publish in another process, killed with SIGKILL once the users are written.
     code = textwrap.dedent(f"""
         import os, signal, redis
         from pipeline.config import load_config
         from spark_jobs.publish import publish
         from spark_jobs.session import get_spark
-        cfg = load_config(home={str(cfg.home)!r}, config_file={str(config_file)!r}, environ={{}})
+        cfg = load_config()
         spark = get_spark(cfg, app_name="publish-victim")
         def die(step):
             if step == "publish movies":
@@ -133,7 +131,8 @@ def test_publish_killed_mid_write_is_cleaned_up_by_the_next(spark, p1_batch: dic
                 os.kill(os.getpid(), signal.SIGKILL)
         publish(spark, cfg, {p1_batch['version']!r}, redis.Redis.from_url({redis_srv.url!r}), on_progress=die)
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}, **config_environ(cfg)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     building = {v.decode(): t.decode() for v, t in client.hgetall(keys.publish_building()).items()}
     assert len(building) == 1, building

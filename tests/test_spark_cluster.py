@@ -22,11 +22,10 @@ import pyspark
 import pytest
 import redis
 
-from flink_jobs.control import _write_config
 from pipeline import keys as K
 from pipeline.home import TABLES_BY_STEP, Home, table_path
 from pipeline.redis_server import free_port
-from tests.conftest import make_config
+from tests.conftest import config_environ, make_config
 
 pytestmark = [pytest.mark.spark, pytest.mark.redis]
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,12 +108,12 @@ def test_batch_plane_on_a_standalone_cluster_equals_the_local_run(cluster: dict,
                                                                   redis_srv, tmp_path: Path) -> None:  # noqa: ANN001
     home = tmp_path / "cluster-home"
     cfg = make_config(home, redis_srv.url, data={"split": "p1"})
-    config_file = _write_config(cfg, tmp_path / "cluster.toml")
+    env = {**{k: v for k, v in cluster["env"].items() if not k.startswith("RECSYS_")}, **config_environ(cfg)}
     proc = subprocess.run([str(ROOT / "deploy" / "spark-batch.sh"), "--master", cluster["url"],
                            "--driver-memory", "1g", "--executor-memory", "1g", "--total-executor-cores", "2",
                            "--conf", "spark.driver.host=127.0.0.1", "--",
-                           "--home", str(home), "--config", str(config_file), "--data", str(small_data)],
-                          capture_output=True, text=True, timeout=1200, env=cluster["env"], cwd=tmp_path)
+                           "--home", str(home), "--data", str(small_data)],
+                          capture_output=True, text=True, timeout=1200, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("batch: ")][-1] == "batch: publish"
     version = json.loads(proc.stdout[proc.stdout.index("{"):])["version"]
