@@ -171,8 +171,9 @@ class ModelConfig:
 class PublishConfig:
     """Loading batch outputs into Redis."""
 
-    keep_versions: int = _f(2, "Published versions kept in Redis (the current one and its predecessor, so a reader mid-switch finishes).")
+    keep_versions: int = _f(2, "Published versions kept in Redis and on disk; at least 2 (the current one and its predecessor, so a reader that resolved the previous version mid-switch never reads deleted keys).")
     pipeline_size: int = _f(2000, "Redis commands per pipeline round trip while publishing.")
+    lock_seconds: float = _f(60.0, "TTL of the Redis publish lock, renewed every third of it while a publish runs; a killed publish's lock expires after it.")
 
 
 @dataclass(frozen=True)
@@ -392,6 +393,11 @@ def _validate(cfg: Config) -> None:
     for section, key in positive:
         if getattr(getattr(cfg, section), key) <= 0:
             raise ConfigError(f"{section}.{key} must be positive, got {getattr(getattr(cfg, section), key)}")
+    if cfg.publish.keep_versions < 2:
+        raise ConfigError(f"publish.keep_versions must be at least 2 (the current version and its predecessor, "
+                          f"which readers that resolved it just before a switch still read), got {cfg.publish.keep_versions}")
+    if cfg.publish.lock_seconds <= 0:
+        raise ConfigError(f"publish.lock_seconds must be positive, got {cfg.publish.lock_seconds}")
     if not 0 < cfg.data.p3_replay_fraction < 1:
         raise ConfigError(f"data.p3_replay_fraction must be in (0, 1), got {cfg.data.p3_replay_fraction}")
     if not 0 < cfg.serving.genre_cap <= 1:
@@ -410,6 +416,23 @@ def _validate(cfg: Config) -> None:
     for name in cfg.recall.quotas:
         if name not in _recall.CHANNELS:
             raise ConfigError(f"recall.quotas: unknown channel {name!r} (known: {', '.join(_recall.CHANNELS)})")
+
+
+# Variables read outside the sections: the home (default_home) and tracebacks (the CLI).
+EXTRA_ENV_VARS = ("RECSYS_HOME", "RECSYS_DEBUG")
+
+
+def env_var_names() -> dict[str, tuple[str, str] | None]:
+    """Every ``RECSYS_*`` variable the project reads -> its (section, key), None for the extras.
+
+    Deployment manifests are checked against this (tests/test_deploy_manifests.py), so a
+    renamed key cannot leave a manifest setting a variable nobody reads.
+    """
+    names: dict[str, tuple[str, str] | None] = {name: None for name in EXTRA_ENV_VARS}
+    for section, cls in _SECTION_TYPES.items():
+        for f in dataclasses.fields(cls):
+            names[f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"] = (section, f.name)
+    return names
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:

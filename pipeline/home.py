@@ -15,19 +15,27 @@ Layout::
     <home>/stream/checkpoints/    Flink checkpoints of the stream job
     <home>/redis/                 embedded redis-server data, pid and port
     <home>/logs/                  logs of background processes
+    <home>/locks/                 lock files of commands that must not run twice at once
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 VERSION_RE = re.compile(r"^v\d{8}T\d{6}\d{3}Z$")
+
+
+class HomeLocked(RuntimeError):
+    """Another process holds one of the home's locks; the message names it."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -109,6 +117,38 @@ class Home:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    @contextlib.contextmanager
+    def lock(self, name: str, what: str = "") -> Iterator[Path]:
+        """Hold ``<home>/locks/<name>.lock`` exclusively, or raise :class:`HomeLocked` at once.
+
+        An OS file lock (``flock``): the kernel releases it when the holder exits, even
+        on ``kill -9``, so a crash never leaves a stale lock behind. The file holds the
+        holder's pid, host and start time, for the message a second caller gets.
+        """
+        self.locks.mkdir(parents=True, exist_ok=True)
+        path = self.locks / f"{name}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                raise HomeLocked(f"{path} is held by {holder or 'another process'}") from None
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "what": what}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+            try:
+                yield path
+            finally:
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # releases the flock
 
     def version_dir(self, version: str) -> Path:
         return self.versions / version

@@ -51,12 +51,16 @@ class Keys:
         return f"{self.base}:versions"
 
     def publish_seq(self) -> str:
-        """STRING counter: makes every publish a distinct version, even a rerun of one batch."""
+        """STRING counter: the publish lock's fencing token, and the ``<n>`` of each published version."""
         return f"{self.base}:publish-seq"
 
     def publish_lock(self) -> str:
-        """STRING with TTL: held while a publish runs, so two publishes never interleave."""
+        """STRING with TTL, renewed: held while a publish runs (``pipeline.lease.RedisLease``)."""
         return f"{self.base}:publish-lock"
+
+    def publish_building(self) -> str:
+        """HASH version -> lease value: versions whose keys are being written (a killed publish's stay here)."""
+        return f"{self.base}:publish-building"
 
     def version_prefix(self, version: str) -> str:
         return f"{self.base}:b:{version}:"

@@ -5,6 +5,9 @@ reruns chosen steps of an existing one, replacing only their outputs). The versi
 becomes ``CURRENT`` only after every step, publish included, succeeded: a failed run
 leaves the previous version serving. Old complete versions beyond
 ``publish.keep_versions`` and failed ones are removed at the end of a good run.
+Two runs never overlap on one home: each holds ``<home>/locks/batch.lock`` (an OS
+file lock, freed when the process exits), and a second one stops at once saying who
+holds it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.config import Config, as_dict
-from pipeline.home import Home
+from pipeline.home import Home, HomeLocked
 
 STEPS: tuple[str, ...] = ("ingest", "prepare", "features", "recall", "samples", "publish")
 StepFn = Callable[..., dict[str, Any]]
@@ -37,6 +40,16 @@ def run_batch(cfg: Config, data_dir: Path | None, steps: list[str] | None = None
               on_step: Callable[[str, str, dict[str, Any] | None], None] | None = None) -> dict[str, Any]:
     """Run ``steps`` (default: all) into ``version`` (default: a new one); returns the manifest."""
     home = Home(cfg.home)
+    try:
+        with home.lock("batch", what=f"batch steps {','.join(steps or STEPS)}"):
+            return _run_batch(cfg, home, data_dir, steps, version, on_step)
+    except HomeLocked as exc:
+        raise BatchError(f"another batch is already running on home {home.root}: {exc}; wait for it to finish "
+                         "(the lock is freed when that process exits)") from None
+
+
+def _run_batch(cfg: Config, home: Home, data_dir: Path | None, steps: list[str] | None, version: str | None,
+               on_step: Callable[[str, str, dict[str, Any] | None], None] | None) -> dict[str, Any]:
     steps = list(steps or STEPS)
     unknown = [s for s in steps if s not in STEPS]
     if unknown:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import load_config
-from spark_jobs.batch import STEPS, run_batch
+from spark_jobs.batch import STEPS, BatchError, run_batch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {"data": {"split": args.split}} if args.split else None
     cfg = load_config(home=args.home, config_file=args.config, overrides=overrides)
-    manifest = run_batch(cfg, Path(args.data) if args.data else None, steps=[args.step], version=args.version)
+    try:
+        manifest = run_batch(cfg, Path(args.data) if args.data else None, steps=[args.step], version=args.version)
+    except BatchError as exc:  # e.g. another batch holds the home: one clear line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     json.dump({"version": manifest["version"], args.step: manifest["steps"][args.step]}, sys.stdout, indent=2,
               default=str)
     print()

@@ -2,7 +2,9 @@
 
 Python workers must run the interpreter of this venv, not whatever ``python`` is on
 PATH: ``PYSPARK_PYTHON`` is pinned to ``sys.executable`` before the JVM starts.
-Under ``spark-submit`` a session already exists and its master wins over config.
+Under ``spark-submit`` the master (and driver memory) are spark-submit's, not the
+config's: ``--master spark://...`` or ``k8s://...`` must not be replaced by the
+default ``local[*]``.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ def get_spark(cfg: Config, app_name: str = "recsys-batch"):  # noqa: ANN201 - py
         return active
     tmp = cfg.home / "tmp" / "spark"
     tmp.mkdir(parents=True, exist_ok=True)
+    builder = SparkSession.builder.appName(app_name)
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # set by spark-submit, which already chose the master
+        builder = builder.master(cfg.spark.master).config("spark.driver.memory", cfg.spark.driver_memory)
     builder = (
-        SparkSession.builder.appName(app_name)
-        .master(cfg.spark.master)
-        .config("spark.driver.memory", cfg.spark.driver_memory)
+        builder
         .config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
         .config("spark.default.parallelism", str(cfg.spark.shuffle_partitions))
         .config("spark.sql.adaptive.enabled", "true")

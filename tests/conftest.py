@@ -101,3 +101,25 @@ def exported_model(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> P
 
     path = export(Home(tmp_path_factory.mktemp("export-home")), trained["run"])
     return path.parent
+
+
+def config_environ(cfg: Config) -> dict[str, str]:
+    """``RECSYS_*`` variables that make a child process load exactly ``cfg`` (its non-default values)."""
+    from pipeline.config import as_dict
+
+    default = as_dict(load_config(home=cfg.home, environ={}))
+    env: dict[str, str] = {"RECSYS_HOME": str(cfg.home)}
+    for section, values in as_dict(cfg).items():
+        if section == "home":
+            continue
+        for key, value in values.items():
+            if value == default[section][key]:
+                continue
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, list):
+                value = ",".join(map(str, value))
+            elif isinstance(value, dict):
+                value = ",".join(f"{k}={v}" for k, v in value.items())
+            env[f"RECSYS_{section.upper()}_{key.upper()}"] = str(value)
+    return env

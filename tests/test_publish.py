@@ -83,7 +83,7 @@ def test_concurrent_publish_refused(spark, p1_batch: dict, redis_client: redis.R
 def test_serving_build_rerun_is_idempotent(spark, small_data: Path, redis_srv, tmp_path: Path) -> None:  # noqa: ANN001
     from spark_jobs.batch import run_batch
 
-    cfg = make_config(tmp_path / "home", redis_srv.url, publish={"keep_versions": 1})
+    cfg = make_config(tmp_path / "home", redis_srv.url, publish={"keep_versions": 2})
     home = Home(cfg.home)
     first = run_batch(cfg, small_data)
     v1 = first["version"]
@@ -101,16 +101,30 @@ def test_serving_build_rerun_is_idempotent(spark, small_data: Path, redis_srv, t
                                       after.sort_values(key).reset_index(drop=True))
     assert home.current_version() == v1
 
-    # A full rerun is a new version; keep_versions=1 prunes the old one on disk and in Redis.
+    # A full rerun is a new version; keep_versions=2 keeps its predecessor on disk and in Redis
+    # (pruning beyond it: test_prune_keeps_the_newest_complete_versions, test_reader_never_sees_...).
     second = run_batch(cfg, small_data)
     assert home.current_version() == second["version"] != v1
-    assert not home.version_dir(v1).exists()
+    assert home.version_dir(v1).exists()
     client = redis.Redis.from_url(redis_srv.url)
     keys = K.Keys(cfg.redis.key_prefix)
     live = client.get(keys.current()).decode()
     assert live.startswith(second["version"])
-    assert [v.decode() for v in client.zrange(keys.versions(), 0, -1)] == [live]
+    published = [v.decode() for v in client.zrange(keys.versions(), 0, -1)]
+    assert len(published) == 2 and published[-1] == live and published[0].startswith(v1)
     client.close()
+
+
+def test_prune_keeps_the_newest_complete_versions(tmp_path: Path) -> None:
+    from spark_jobs.batch import prune_versions
+
+    home = Home(tmp_path / "home")
+    for name, status in (("v1", "complete"), ("v2", "failed"), ("v3", "complete"), ("v4", "complete"),
+                         ("v5", "building")):
+        home.write_manifest(name, {"status": status})
+    home.set_current_version("v4")
+    assert sorted(prune_versions(home, keep=2)) == ["v1", "v2"]
+    assert sorted(p.name for p in home.versions.iterdir()) == ["v3", "v4", "v5"]
 
 
 def test_cleanup_never_deletes_current(redis_client: redis.Redis) -> None:
