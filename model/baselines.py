@@ -20,7 +20,7 @@ shape ``[users, catalogue]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import pandas as pd
@@ -298,19 +298,16 @@ def tune_sequence_baselines(train: pd.DataFrame, val: pd.DataFrame, catalogue: C
     targets = target_of.reindex([u.user_id for u in history]).to_numpy(np.int64)
     trans = Transition(train, catalogue)
     scores: dict[str, float] = {}
-    best_lam, best = lambdas[0], -1.0
-    for lam in lambdas:
-        hr = validation_hit_rate(EASE(train, catalogue, lam), history, targets, catalogue)
-        scores[f"ease lambda={lam:g}"] = hr
-        if hr > best:
-            best_lam, best = lam, hr
+
+    def best_of(grid: tuple[float, ...], label: str, make: Callable[[float], ScorerLike]) -> float:
+        """The grid value with the highest validation HR@10 (the first on ties); every value's score kept."""
+        for value in grid:
+            scores[f"{label}={value:g}"] = validation_hit_rate(make(value), history, targets, catalogue)
+        return max(grid, key=lambda v: (scores[f"{label}={v:g}"], -grid.index(v)))
+
+    best_lam = best_of(lambdas, "ease lambda", lambda lam: EASE(train, catalogue, lam))
     ease = EASE(train, catalogue, best_lam)
-    best_beta, best = betas[0], -1.0
-    for beta in betas:
-        hr = validation_hit_rate(EaseTransitionBlend(ease, trans, beta), history, targets, catalogue)
-        scores[f"blend beta={beta:g}"] = hr
-        if hr > best:
-            best_beta, best = beta, hr
+    best_beta = best_of(betas, "blend beta", lambda beta: EaseTransitionBlend(ease, trans, beta))
     both = pd.concat([train, val])
     t_all, e_all = Transition(both, catalogue), EASE(both, catalogue, best_lam)
     return Tuned(transition=t_all, ease=e_all, blend=EaseTransitionBlend(e_all, t_all, best_beta),
