@@ -214,6 +214,7 @@ class ServingConfig:
     redis_timeout_ms: int = _f(250, "Socket timeout of the gateway's Redis calls; beyond it the Redis fallback answers.")
     model_timeout_ms: int = _f(1000, "Deadline of one Predict call; beyond it the recall order answers (degraded).")
     candidates: int = _f(400, "How many merged recall candidates are ranked per Recommend call.")
+    grpc_max_in_flight: int = _f(32, "gRPC calls one gateway process works on at once; a call beyond it is refused at once with RESOURCE_EXHAUSTED instead of queueing to its deadline.")
     recall_weight: float = _f(0.0, "Blend: final = model score + recall_weight * normalised recall score.")
     model_recall: int = _f(300, "Candidates the model's next_movies signature (the sequence model) adds to recall; 0 = off.")
     genre_cap: float = _f(0.5, "Most of a Recommend list one genre may fill (share of k; 1.0 = no cap).")

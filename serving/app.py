@@ -94,7 +94,7 @@ def start_gateway(cfg: Config, redis_url: str, model_target: str, with_events: b
     gateway = Gateway(cfg, store, ranking, events, GatewayMetrics())
     grpc_server = app = None
     try:
-        grpc_server, grpc_port = start_grpc(gateway, s.bind, s.grpc_port)
+        grpc_server, grpc_port = start_grpc(gateway, s.bind, s.grpc_port, max_in_flight=s.grpc_max_in_flight)
         app = build_app(gateway)
         http_server = start_http(app, s.bind, s.http_port, s)
         http_port = http_server.port

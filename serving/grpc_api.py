@@ -98,11 +98,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return self._call("RecordRating", context, run)
 
 
-def start_grpc(gateway: Gateway, bind: str, port: int, workers: int = 16) -> tuple[grpc.Server, int]:
-    """Start the gRPC server (Recommender + health + reflection); returns it and the bound port."""
+def start_grpc(gateway: Gateway, bind: str, port: int, workers: int = 16,
+               max_in_flight: int = 32) -> tuple[grpc.Server, int]:
+    """Start the gRPC server (Recommender + health + reflection); returns it and the bound port.
+
+    Admission control: at most ``max_in_flight`` calls are accepted at once (gRPC's
+    ``maximum_concurrent_rpcs``); one more is answered RESOURCE_EXHAUSTED immediately, so an
+    overloaded gateway refuses fast instead of queueing every call until its deadline.
+    """
     # so_reuseport off: a second gateway on the same port must fail, not silently share its traffic
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-                         options=[("grpc.so_reuseport", 0)])
+                         options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=max_in_flight)
     pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(gateway), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -295,3 +295,43 @@ def test_the_model_channel_joins_recall_without_seen_or_unlisted_movies(tmp_path
     assert gw.recommend(USER, k=3).degraded                       # channel empty, ranking reports the outage
     with pytest.raises(InvalidArgument, match=r"unknown movie id\(s\): 99, 98$"):
         gw.rank(USER, [99, 11, 98, 99])
+
+
+def test_grpc_refuses_at_once_beyond_the_calls_in_flight(tmp_path: Path, store: InMemoryStore,
+                                                         model: ScriptedRanking) -> None:
+    """Real gRPC on loopback over the in-memory store: with one call held inside ranking, a second is
+    RESOURCE_EXHAUSTED without waiting; once the first finishes, calls are admitted again."""
+    import threading
+
+    import grpc
+
+    from serving.grpc_api import start_grpc
+    from serving.protos.recsys.v1 import recommender_pb2 as pb
+    from serving.protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+    entered, release = threading.Event(), threading.Event()
+    rank = model.rank
+
+    def held_rank(request: dict[str, np.ndarray], timeout_s: float | None = None) -> Ranking:
+        entered.set()
+        release.wait(30)
+        return rank(request, timeout_s)
+
+    model.rank = held_rank  # type: ignore[method-assign]
+    server, port = start_grpc(make_gateway(config(tmp_path), store, model), "127.0.0.1", 0, max_in_flight=1)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = pb_grpc.RecommenderStub(channel)
+    try:
+        first = stub.Recommend.future(pb.RecommendRequest(user_id=USER, k=3), timeout=30)
+        assert entered.wait(30)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Recommend(pb.RecommendRequest(user_id=USER, k=3), timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        release.set()
+        assert len(first.result().items) == 3
+        model.rank = rank  # type: ignore[method-assign]
+        assert len(stub.Recommend(pb.RecommendRequest(user_id=USER, k=3), timeout=30).items) == 3
+    finally:
+        release.set()
+        channel.close()
+        server.stop(0)
