@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -178,6 +179,8 @@ class SpoolWriter:
         with self._lock:
             if self._closed.is_set():
                 raise RuntimeError("the event spool is closed")
+            if self._file is not None and self._file.closed:
+                self._roll()  # a roll that failed is retried first (an OSError here refuses this event)
             if self._file is None:
                 self._seq += 1
                 self._path = self.directory / f"{IN_PROGRESS_PREFIX}{os.getpid()}-{self._seq:06d}"
@@ -190,11 +193,19 @@ class SpoolWriter:
                 self._roll()
 
     def _roll(self) -> None:
+        """Make the open segment durable and visible: fsync the file, rename it, fsync the directory.
+
+        Without the two fsyncs a power loss after the rename could leave a visible segment with lost
+        lines, or lose the rename itself; with them a rolled segment is on disk.
+        """
         if self._file is None:
             return
-        self._file.close()
+        if not self._file.closed:  # closed already: an earlier roll failed after closing; finish that one
+            os.fsync(self._file.fileno())
+            self._file.close()
         final = self.directory / f"{SEGMENT_PREFIX}{int(time.time() * 1000):013d}-{os.getpid()}-{self._seq:06d}{SEGMENT_SUFFIX}"
         os.rename(self._path, final)  # type: ignore[arg-type]
+        _fsync_dir(self.directory)
         self._file, self._path, self._count = None, None, 0
 
     def flush(self) -> None:
@@ -203,15 +214,28 @@ class SpoolWriter:
             self._roll()
 
     def _roll_on_time(self) -> None:
+        """Roll by age. An I/O error (disk full, a vanished directory) is logged and retried on the next
+        tick; the roller never dies, so appends keep working once the error clears."""
         while not self._closed.wait(min(0.25, self.roll_seconds / 4)):
-            with self._lock:
-                if self._file is not None and time.monotonic() - self._opened >= self.roll_seconds:
-                    self._roll()
+            try:
+                with self._lock:
+                    if self._file is not None and time.monotonic() - self._opened >= self.roll_seconds:
+                        self._roll()
+            except OSError as exc:
+                logging.getLogger("recsys.events").warning("spool roll failed, retrying: %s", exc)
 
     def close(self) -> None:
         with self._lock:
             self._roll()
             self._closed.set()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def recover_orphans(directory: Path) -> list[Path]:

@@ -75,3 +75,35 @@ def test_a_dead_writers_segment_is_recovered(tmp_path: Path) -> None:
     assert len(recover_orphans(tmp_path)) == 1
     assert [json.loads(x)["movie_id"] for x in read_spool(tmp_path)] == [2]
     assert os.listdir(tmp_path) == [p.name for p in segments(tmp_path)]
+
+
+def test_the_roller_survives_an_io_error_and_rolls_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import time
+
+    from pipeline import events as E
+
+    real_rename, failures = os.rename, []
+
+    def flaky_rename(src, dst):  # noqa: ANN001, ANN202
+        if not failures:
+            failures.append(dst)
+            raise OSError(28, "No space left on device (simulated)")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(E.os, "rename", flaky_rename)
+    spool = SpoolWriter(tmp_path, roll_seconds=0.05, roll_events=1000)
+    try:
+        first = new_event(1, 2, 4.0)
+        spool.append(first)
+        end = time.monotonic() + 30
+        while not list(read_spool(tmp_path)) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert failures and spool._timer.is_alive()
+        assert [parse_event(x) for x in read_spool(tmp_path)] == [first]       # retried, nothing lost
+        second = new_event(1, 3, 5.0)
+        spool.append(second)
+        spool.flush()
+        assert [parse_event(x) for x in read_spool(tmp_path)] == [first, second]
+    finally:
+        spool.close()
