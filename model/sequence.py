@@ -118,12 +118,9 @@ def windows(sequences: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, n
 
 def last_window(history: Sequence[np.ndarray], length: int) -> np.ndarray:
     """[B, H] left-padded latest ``length`` movies of each history (what the signature receives)."""
-    out = np.zeros((len(history), length), np.int32)
-    for i, s in enumerate(history):
-        s = np.asarray(s[-length:], np.int32)
-        if len(s):
-            out[i, length - len(s):] = s
-    return out
+    from model.vocab import left_pad
+
+    return left_pad(history, length, np.int32)
 
 
 def next_logits(model: Any, history: Sequence[np.ndarray], length: int, batch: int = 512) -> np.ndarray:

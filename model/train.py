@@ -208,8 +208,9 @@ def train_sequence(cfg: Config, home: Home, version: str, vocab: Any, table: Any
         mf = mf.reindex(list(vocab.movie.values)).reset_index()
         demo = pd.read_parquet(table_path(home, version, "users")).drop_duplicates("user_id").set_index("user_id")
         raw = inter[inter["split"] == "train"].sort_values(["user_id", "pos"], kind="stable").groupby("user_id")
-        rows = [UserRow(int(users[i]), raw.get_group(users[i])["movie_id"].to_numpy(np.int64),
-                        raw.get_group(users[i])["rating"].to_numpy(np.float32)) for i in pick]
+        groups = [raw.get_group(users[i]) for i in pick]
+        rows = [UserRow(int(users[i]), g["movie_id"].to_numpy(np.int64), g["rating"].to_numpy(np.float32))
+                for i, g in zip(pick, groups)]
         data = P1Data(train=inter, visible=inter, test=val, catalogue=Catalogue(mf["movie_id"].to_numpy(np.int64)),
                       movies=mf, users=demo, version=version)
         files = _write_vocab_files(vocab, Path(tempfile.mkdtemp(prefix="recsys-vocab-")))

@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 
 from model.signature import NEXT_MOVIES_SIGNATURE, SIGNATURE_NAME
+from model.vocab import left_pad
 
 
 class ModelUnavailable(RuntimeError):
@@ -86,10 +87,7 @@ class RankingClient:
 
         from serving.tensors import from_tensor_proto, to_tensor_proto
 
-        hist = np.zeros((1, history_len), np.int64)
-        tail = history[-history_len:]
-        if tail:
-            hist[0, history_len - len(tail):] = tail
+        hist = left_pad([history], history_len, np.int64)
         req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=self.model_name,
                                                                          signature_name=NEXT_MOVIES_SIGNATURE))
         req.inputs["hist_movie_ids"].CopyFrom(to_tensor_proto(hist))

@@ -58,18 +58,17 @@ def _model_channel(cfg: Config):  # noqa: ANN202
     import numpy as np
     import tensorflow as tf
 
+    from model.vocab import left_pad
+
     fn = tf.saved_model.load(str(model_base(home) / str(versions[0]))).signatures.get(NEXT_MOVIES_SIGNATURE)
     if fn is None:
         return None
     h = cfg.samples.history_len
 
     def channel(ctx):  # noqa: ANN001, ANN202
-        tail = [m for m, _, _ in ctx.history][-h:]
-        if not tail:
+        if not ctx.history:
             return {}
-        hist = np.zeros((1, h), np.int64)
-        hist[0, h - len(tail):] = tail
-        out = fn(hist_movie_ids=tf.constant(hist))
+        out = fn(hist_movie_ids=tf.constant(left_pad([[m for m, _, _ in ctx.history]], h, np.int64)))
         got = zip(out["movie_ids"].numpy()[0].tolist(), out["log_prob"].numpy()[0].tolist())
         return {"next_model": [(m, s) for m, s in got if m not in ctx.exclude][:cfg.serving.model_recall]}
 
