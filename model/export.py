@@ -58,6 +58,21 @@ def _write_vocab_files(vocab: Any, folder: Path) -> dict[str, Path]:
     return files
 
 
+def vocab_table(asset: Any, key_dtype: Any) -> Any:
+    """A lookup table from a vocabulary file (one value per line) to its line number, -1 when absent.
+
+    Anonymous on purpose: a named table is shared process-wide under a name TF derives from the Asset's repr,
+    which holds its memory address, so a later export whose Asset lands at a freed address would be handed the
+    earlier table (the old vocabulary, or a key-dtype clash). Anonymous tables are never shared.
+    """
+    import tensorflow as tf
+
+    return tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(asset, key_dtype, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
+                                      tf.lookup.TextFileIndex.LINE_NUMBER),
+        default_value=-1, experimental_is_anonymous=True)
+
+
 def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Path], sequence: Any = None,
                  mix: float = 0.0) -> Any:
     """A tf.Module whose ``serve`` function is the serving signature.
@@ -78,12 +93,8 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
             self.ranker = ranker
             self.vocab_assets = {n: tf.saved_model.Asset(str(p)) for n, p in vocab_files.items() if n != "genre"}
             self.genre_asset = tf.saved_model.Asset(str(vocab_files["genre"]))  # documents the genre order
-            self.tables = {
-                n: tf.lookup.StaticHashTable(
-                    tf.lookup.TextFileInitializer(a, tf.int64 if n in int_keys else tf.string,
-                                                  tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
-                                                  tf.lookup.TextFileIndex.LINE_NUMBER), default_value=-1)
-                for n, a in self.vocab_assets.items()}
+            self.tables = {n: vocab_table(a, tf.int64 if n in int_keys else tf.string)
+                           for n, a in self.vocab_assets.items()}
             self.movie_genres_by_idx = tf.constant(table.genres)
             self.sequence = sequence
             self.mix = float(mix)

@@ -313,3 +313,20 @@ def test_training_reduces_loss() -> None:
     model.fit(batch, labels, epochs=40, batch_size=8, verbose=0)
     after = model.evaluate(batch, labels, verbose=0, return_dict=True)["loss"]
     assert np.isfinite(after) and after < 0.5 * before
+
+
+def test_vocab_tables_are_never_shared_between_exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TF names a file-backed table after its Asset's repr (which holds a memory address); two exports in one
+    process whose Assets print alike must still each read their own file, whatever the key dtype."""
+    from model.export import vocab_table
+
+    monkeypatch.setattr(tf.saved_model.Asset, "__repr__", lambda self: "<Asset at a reused address>")
+    (tmp_path / "ints.txt").write_text("30\n10\n20\n", encoding="utf-8")
+    (tmp_path / "strs.txt").write_text("b\na\n", encoding="utf-8")
+    (tmp_path / "ints2.txt").write_text("20\n30\n", encoding="utf-8")
+    ints = vocab_table(tf.saved_model.Asset(str(tmp_path / "ints.txt")), tf.int64)
+    strs = vocab_table(tf.saved_model.Asset(str(tmp_path / "strs.txt")), tf.string)
+    ints2 = vocab_table(tf.saved_model.Asset(str(tmp_path / "ints2.txt")), tf.int64)
+    assert ints.lookup(tf.constant([10, 20, 99], tf.int64)).numpy().tolist() == [1, 2, -1]
+    assert strs.lookup(tf.constant(["a", "b"])).numpy().tolist() == [1, 0]
+    assert ints2.lookup(tf.constant([10, 20, 30], tf.int64)).numpy().tolist() == [-1, 0, 1]
