@@ -213,6 +213,8 @@ class ServingConfig:
     deadline_ms: int = _f(2000, "Default deadline of a gateway call when the client sets none.")
     redis_timeout_ms: int = _f(250, "Socket timeout of the gateway's Redis calls; beyond it the Redis fallback answers.")
     model_timeout_ms: int = _f(1000, "Deadline of one Predict call; beyond it the recall order answers (degraded).")
+    model_breaker_failures: int = _f(5, "Failed Predict calls in a row (down, refusing, erroring, or past model_timeout_ms) after which the gateway stops calling the model server for model_breaker_seconds and answers degraded at once; 0 = no breaker.")
+    model_breaker_seconds: float = _f(1.0, "How long the open breaker skips the model server before one trial call.")
     candidates: int = _f(400, "How many merged recall candidates are ranked per Recommend call.")
     grpc_max_in_flight: int = _f(32, "gRPC calls one gateway process works on at once; a call beyond it is refused at once with RESOURCE_EXHAUSTED instead of queueing to its deadline.")
     recall_weight: float = _f(0.0, "Blend: final = model score + recall_weight * normalised recall score.")
@@ -383,6 +385,7 @@ def _validate(cfg: Config) -> None:
                 ("model", "embedding_dim"), ("model", "hidden"), ("model", "batch_size"), ("model", "epochs"),
                 ("model", "attention_heads"), ("events", "roll_seconds"), ("events", "roll_events"),
                 ("serving", "deadline_ms"), ("serving", "redis_timeout_ms"), ("serving", "model_timeout_ms"),
+                ("serving", "model_breaker_seconds"),
                 ("serving", "candidates"), ("serving", "max_k"), ("serving", "max_batch"), ("serving", "genre_cap"),
                 ("serving", "model_poll_seconds"), ("serving", "version_check_seconds"), ("serving", "http_read_timeout_seconds"),
                 ("serving", "http_keep_alive_seconds"), ("serving", "http_max_connections"),
@@ -407,8 +410,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("stream.trending_slide_minutes must not exceed stream.trending_window_minutes")
     if bool(cfg.serving.tls_certfile) != bool(cfg.serving.tls_keyfile):
         raise ConfigError("serving.tls_certfile and serving.tls_keyfile go together")
-    if cfg.samples.negatives < 0:
-        raise ConfigError(f"samples.negatives must be >= 0, got {cfg.samples.negatives}")
+    for section, key in (("samples", "negatives"), ("serving", "model_breaker_failures")):
+        if getattr(getattr(cfg, section), key) < 0:
+            raise ConfigError(f"{section}.{key} must be >= 0, got {getattr(getattr(cfg, section), key)}")
     from pipeline import recall as _recall  # local: recall imports config for types only
 
     for name in list(cfg.recall.channels) + list(cfg.recall.cold_start_channels):

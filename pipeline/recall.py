@@ -23,6 +23,8 @@ from pipeline import keys as K
 
 Scored = list[tuple[int, float]]
 RRF_K = 60.0  # reciprocal-rank-fusion constant (Cormack et al. 2009)
+# Per-user lists a store reads together with the user's context (one round trip per request, not one per list).
+USER_LISTS = ("als",)
 
 
 class RecallStore(Protocol):
@@ -47,6 +49,7 @@ class RecallContext:
     gender: str | None = None
     top_genres: list[str] = field(default_factory=list)
     exclude: set[int] = field(default_factory=set)
+    user_lists: dict[str, Scored] = field(default_factory=dict)  # USER_LISTS already read with the context
 
     @property
     def is_cold(self) -> bool:
@@ -107,7 +110,8 @@ def als(ctx: RecallContext, store: RecallStore, quota: int, recent: int) -> Scor
     """Collaborative filtering: the user's ALS top-N, computed by the batch plane."""
     if ctx.user_id is None:
         return []
-    return _take(store.user_list("als", ctx.user_id), ctx.exclude, quota)
+    listed = ctx.user_lists["als"] if "als" in ctx.user_lists else store.user_list("als", ctx.user_id)
+    return _take(listed, ctx.exclude, quota)
 
 
 def interleave(lists: Sequence[Scored], exclude: set[int], quota: int) -> Scored:

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
 import redis
 
 from pipeline import keys as K
-from pipeline.recall import RecallContext, Scored
+from pipeline.recall import USER_LISTS, RecallContext, Scored
 
 History = list[tuple[int, float, int]]  # (movie_id, rating, ts), oldest first
 
@@ -71,13 +72,15 @@ class OnlineStore(Protocol):
 
 def merge_context(user_id: int, feats: dict[str, Any], batch_history: History, seen: set[int],
                   online_history: History, online_feats: dict[str, Any] | None,
-                  history_len: int | None) -> tuple[RecallContext, dict[str, Any]]:
+                  history_len: int | None, user_lists: dict[str, Scored] | None = None,
+                  ) -> tuple[RecallContext, dict[str, Any]]:
     """Batch and stream views of a user -> one recall context, the same for every store.
 
     History is the batch history followed by the online history (stream), de-duplicated
     by (movie, ts); ``exclude`` is everything the user rated, batch and online. The
     stream's own statistics (``online:user``: count and mean over stream events) come
-    back as ``feats["online"]`` so callers can combine them with the batch ones.
+    back as ``feats["online"]`` so callers can combine them with the batch ones;
+    ``user_lists`` (the user's ``recall.USER_LISTS`` read in the same round trip) ride along.
     """
     feats = dict(feats)
     if online_feats:
@@ -89,12 +92,15 @@ def merge_context(user_id: int, feats: dict[str, Any], batch_history: History, s
     if history_len:
         history = history[-history_len:]
     ctx = RecallContext(user_id=user_id, history=history, age_bucket=feats.get("age_bucket"),
-                        gender=feats.get("gender"), top_genres=list(feats.get("top_genres") or []), exclude=exclude)
+                        gender=feats.get("gender"), top_genres=list(feats.get("top_genres") or []), exclude=exclude,
+                        user_lists=dict(user_lists or {}))
     return ctx, feats
 
 
 # --------------------------------------------------------------------------- Redis
 LOAD_CHUNK = 1000  # movie hashes per pipelined round trip
+TRENDING_SECONDS = 1.0  # the trending ZSET (one for everyone, moved by the stream) is re-read at most this often
+TRENDING_READ = 500     # ... and at least this many entries at a time
 
 
 class RedisStore:
@@ -111,6 +117,7 @@ class RedisStore:
         self._version = version
         self._item_cache: dict[tuple[str, int], Scored] = {}
         self._global_cache: dict[str, Scored] = {}
+        self._trending: tuple[float, int, Scored] = (float("-inf"), 0, [])  # (read at, entries asked, entries)
 
     @staticmethod
     @contextlib.contextmanager
@@ -141,7 +148,9 @@ class RedisStore:
             return K.decode_fields(self.client.hgetall(self.keys.manifest(self.version)))
 
     def user_context(self, user_id: int, history_len: int | None = None) -> tuple[RecallContext, dict[str, Any]]:
-        """Recall context and raw features of a user, in one pipeline round trip (see ``merge_context``)."""
+        """Recall context, raw features and per-user lists of a user, in one pipeline round trip (see
+        ``merge_context``): with the global lists cached per version and trending per second, this is the
+        only Redis round trip of a typical Recommend."""
         v, k = self.version, self.keys
         with self._reading():
             pipe = self.client.pipeline(transaction=False)
@@ -150,10 +159,13 @@ class RedisStore:
             pipe.get(k.user_seen(v, user_id))
             pipe.get(k.online_history(user_id))
             pipe.hgetall(k.online_user(user_id))
-            raw_user, raw_hist, raw_seen, raw_online, raw_online_user = pipe.execute()
+            for name in USER_LISTS:
+                pipe.get(k.user_list(v, name, user_id))
+            raw_user, raw_hist, raw_seen, raw_online, raw_online_user, *raw_lists = pipe.execute()
         return merge_context(user_id, K.decode_fields(raw_user) if raw_user else {}, K.decode_history(raw_hist),
                              K.decode_ids(raw_seen), K.decode_history(raw_online),
-                             K.decode_fields(raw_online_user) if raw_online_user else None, history_len)
+                             K.decode_fields(raw_online_user) if raw_online_user else None, history_len,
+                             {name: K.decode_scored(raw) for name, raw in zip(USER_LISTS, raw_lists)})
 
     # --- RecallStore ----------------------------------------------------------------
     def user_list(self, name: str, user_id: int) -> Scored:
@@ -176,9 +188,15 @@ class RedisStore:
         return self._global_cache[name]
 
     def trending(self, n: int) -> Scored:
-        with self._reading():
-            raw = self.client.zrevrange(self.keys.trending(), 0, n - 1, withscores=True)
-        return [(int(m), float(s)) for m, s in raw]
+        """The ``n`` most rated movies of the stream's window; one ZSET read per second serves every request."""
+        read_at, asked, entries = self._trending
+        if time.monotonic() - read_at >= TRENDING_SECONDS or n > asked:
+            asked = max(n, TRENDING_READ)
+            with self._reading():
+                raw = self.client.zrevrange(self.keys.trending(), 0, asked - 1, withscores=True)
+            entries = [(int(m), float(s)) for m, s in raw]
+            self._trending = (time.monotonic(), asked, entries)
+        return entries[:n]
 
     # --- catalog --------------------------------------------------------------------
     def movie_features(self) -> dict[int, dict[str, Any]]:
@@ -287,7 +305,8 @@ class InMemoryStore:
         data, root = self._data(), self._root
         return merge_context(user_id, data.users.get(user_id, {}), data.histories.get(user_id, []),
                              data.seen.get(user_id, set()), root.online_histories.get(user_id, []),
-                             root.online_user_feats.get(user_id), history_len)
+                             root.online_user_feats.get(user_id), history_len,
+                             {name: list(data.user_lists.get(name, {}).get(user_id, [])) for name in USER_LISTS})
 
     def user_list(self, name: str, user_id: int) -> Scored:
         return list(self._data().user_lists.get(name, {}).get(user_id, []))

@@ -29,7 +29,7 @@ from pipeline.store import RedisStore
 from serving.gateway import Gateway
 from serving.grpc_api import start_grpc
 from serving.metrics import GatewayMetrics
-from serving.ranking_client import RankingClient
+from serving.ranking_client import Breaker, RankingClient
 from serving.web.app import build_app
 from serving.web.server import start_http
 
@@ -88,7 +88,8 @@ def start_gateway(cfg: Config, redis_url: str, model_target: str, with_events: b
     check_exposure(cfg)
     s = cfg.serving
     client = gateway_redis(redis_url, s.redis_timeout_ms)
-    ranking = RankingClient(model_target, s.model_name, s.model_timeout_ms / 1000.0)
+    ranking = RankingClient(model_target, s.model_name, s.model_timeout_ms / 1000.0,
+                            Breaker(s.model_breaker_failures, s.model_breaker_seconds))
     events = open_event_log(cfg) if with_events else None
     store = RedisStore(client, cfg.redis.key_prefix)
     gateway = Gateway(cfg, store, ranking, events, GatewayMetrics())

@@ -22,6 +22,7 @@ limits"); ``serving.rank_cold_start`` switches model ranking on for them.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,8 @@ from serving.catalog import MovieCatalog
 from serving.metrics import GatewayMetrics
 from serving.profile import Profile, with_profile
 from serving.ranking_client import ModelUnavailable, Ranking, RankingClient
+
+log = logging.getLogger("recsys.gateway")
 
 MAX_RANK_IDS = 1000
 DEFAULT_K = 10
@@ -114,6 +117,10 @@ class VersionTracker:
 
     A new version is loaded (catalog included) before it replaces the old one, so a
     request never sees half a switch; when Redis cannot be read the last good view stays.
+    Once a version is being served, a newer one's catalog is loaded on a background
+    thread (requests keep reading the old view meanwhile, so a publish costs no request
+    a catalog load); only the first version, or one asked for by ``recheck``, loads on
+    the calling thread.
     """
 
     def __init__(self, store: OnlineStore, check_seconds: float,
@@ -122,6 +129,8 @@ class VersionTracker:
         self._view: BatchView | None = None
         self._checked = 0.0
         self._down_until = 0.0  # after a failed check, answer from the last good view until then
+        self._sync_next = False  # recheck(): load the next new version on the caller's thread
+        self._loading: str | None = None  # the version a background thread is loading
         self._lock = threading.Lock()
 
     @property
@@ -129,9 +138,11 @@ class VersionTracker:
         return self._view
 
     def recheck(self) -> None:
-        """Make the next ``view()`` read the current version again (after a publish the caller knows of)."""
+        """Make the next ``view()`` read the current version again, and load it at once if new (the caller
+        knows of a publish and wants it served from its next request)."""
         self._checked = float("-inf")
         self._down_until = float("-inf")
+        self._sync_next = True
 
     def view(self) -> BatchView:
         """The current view; raises ``StoreUnavailable`` / ``NotPublished`` when none can be read."""
@@ -150,12 +161,33 @@ class VersionTracker:
                 raise
             except NotPublished:
                 raise NotPublished("nothing published yet: run `recsys batch`") from None
-            if self._view is None or self._view.store.version != version:
-                store = self.store.at_version(version)
-                self._view = BatchView(store=store, catalog=self.load_catalog(store))
+            sync, self._sync_next = self._sync_next, False
+            if self._view is None or (sync and self._view.store.version != version):
+                self._view, self._loading = self._load(version), None
+            elif self._view.store.version != version and self._loading != version:
+                self._loading = version
+                threading.Thread(target=self._load_in_background, args=(version,), name="catalog-load",
+                                 daemon=True).start()
             self._checked = time.monotonic()
             return self._view
 
+    def _load(self, version: str) -> BatchView:
+        store = self.store.at_version(version)
+        return BatchView(store=store, catalog=self.load_catalog(store))
+
+    def _load_in_background(self, version: str) -> None:
+        try:
+            view = self._load(version)
+        except Exception:  # noqa: BLE001 - the old view keeps serving; the next check tries again
+            log.warning("loading batch version %s failed; still serving %s", version,
+                        self._view.store.version if self._view else None, exc_info=True)
+            view = None
+        with self._lock:
+            if view is not None and self._loading == version:
+                self._view = view
+                log.info("now serving batch version %s", version)
+            if self._loading == version:
+                self._loading = None
 
 class Gateway:
     """Recommend, Rank, SimilarMovies, RecordRating and health over a store, a ranking client and an event log.
@@ -430,6 +462,17 @@ class Gateway:
         return event.event_id
 
     # --- health ---------------------------------------------------------------------------
+    def can_answer(self) -> bool:
+        """Would a Recommend get an answer (degraded or not) now? False only while no batch version was ever
+        readable: nothing published yet, or Redis down since start. What gRPC health reports (NOT_SERVING)."""
+        try:
+            self.versions.view()
+            return True
+        except NotPublished:
+            return False
+        except StoreUnavailable:
+            return self.versions.last_good is not None
+
     def health(self) -> dict[str, Any]:
         status: dict[str, Any] = {"redis": False, "batch_version": None, "model": False, "model_version": None}
         try:
@@ -442,5 +485,6 @@ class Gateway:
             status["model"] = status["model_version"] is not None
         except ModelUnavailable:
             pass
+        status["model_breaker"] = getattr(getattr(self.ranking, "breaker", None), "state", "closed")
         status["status"] = "ok" if status["redis"] and status["model"] else "degraded"
         return status

@@ -4,12 +4,15 @@ Status codes: INVALID_ARGUMENT for bad requests (the message names the field or 
 NOT_FOUND for an unknown movie in SimilarMovies, UNAVAILABLE when nothing can answer,
 DEADLINE_EXCEEDED when the caller's deadline has passed, INTERNAL (logged with the
 traceback) for bugs. The server also carries ``grpc.health.v1`` (SERVING while it can
-answer, degraded or not) and server reflection, so ``grpcurl`` works without the proto.
+answer, degraded or not; NOT_SERVING while nothing can, i.e. no batch version was ever
+readable, re-checked every ``HEALTH_SECONDS``) and server reflection, so ``grpcurl``
+works without the proto.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent import futures
 from typing import Any, Callable
@@ -25,6 +28,7 @@ from serving.protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
 
 log = logging.getLogger("recsys.gateway")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+HEALTH_SECONDS = 1.0
 
 
 def to_items(answer: Answer) -> list[pb.Item]:
@@ -120,7 +124,40 @@ def start_grpc(gateway: Gateway, bind: str, port: int, workers: int = 16,
     if bound == 0:
         raise OSError(f"gRPC cannot listen on {bind}:{port} (in use?)")
     server.start()
-    # The gateway answers (degraded if need be) whenever it runs: health is SERVING for both names.
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    watch_health(gateway, health_servicer, server)
     return server, bound
+
+
+def watch_health(gateway: Gateway, health_servicer: health.HealthServicer, server: grpc.Server) -> threading.Thread:
+    """Keep ``grpc.health.v1`` (both names) at SERVING while the gateway can answer, NOT_SERVING while it cannot.
+
+    A load balancer then sends no traffic to a gateway that could only answer UNAVAILABLE; degraded answers
+    (Redis or the model down, a last good version in memory) still count as serving. The thread ends with the
+    server (``wait_for_termination``), checked once a second.
+    """
+    def set_all(serving: bool) -> None:
+        state = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, state)
+
+    last: list[bool] = []
+
+    def check() -> None:
+        try:
+            now = gateway.can_answer()
+        except Exception:  # noqa: BLE001 - a health probe must never kill its thread
+            log.exception("health check failed")
+            now = False
+        if last != [now]:
+            set_all(now)
+            log.info("gRPC health: %s", "SERVING" if now else "NOT_SERVING (no batch version readable)")
+            last[:] = [now]
+
+    def loop() -> None:
+        while server.wait_for_termination(timeout=HEALTH_SECONDS):  # True: timed out, still running
+            check()
+
+    check()
+    thread = threading.Thread(target=loop, name="grpc-health", daemon=True)
+    thread.start()
+    return thread

@@ -14,6 +14,7 @@ fixed table, so a test knows the model's order and can tell it from the recall o
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -333,5 +334,73 @@ def test_grpc_refuses_at_once_beyond_the_calls_in_flight(tmp_path: Path, store: 
         assert len(stub.Recommend(pb.RecommendRequest(user_id=USER, k=3), timeout=30).items) == 3
     finally:
         release.set()
+        channel.close()
+        server.stop(0)
+
+
+def test_a_new_version_loads_off_the_request_path(tmp_path: Path, store: InMemoryStore,
+                                                   model: ScriptedRanking) -> None:
+    """Once v1 serves, v2's catalog loads on a background thread: requests keep answering from v1 while it
+    loads (here: held until released), then v2 serves."""
+    from serving.catalog import MovieCatalog
+
+    loading, release = threading.Event(), threading.Event()
+
+    def load(view: Any) -> MovieCatalog:
+        if view.version == "v2":
+            loading.set()
+            assert release.wait(30)
+        return MovieCatalog.load(view)
+
+    gateway = Gateway(config(tmp_path, version_check_seconds=0.001), store, model, None, load_catalog=load)  # type: ignore[arg-type]
+    assert gateway.recommend(USER, k=1).batch_version == "v1"
+    store.versions["v2"] = published("New ")
+    store.current = "v2"
+    answers = []
+    while not loading.is_set() or len(answers) < 3:  # the load has started and is held: v1 still answers
+        answers.append(gateway.recommend(USER, k=1).batch_version)
+        assert len(answers) < 100_000
+    assert set(answers) == {"v1"}
+    release.set()
+    for _ in range(3000):
+        if gateway.recommend(USER, k=1).batch_version == "v2":
+            break
+        threading.Event().wait(0.01)
+    answer = gateway.recommend(USER, k=1)
+    assert answer.batch_version == "v2" and answer.items[0].title.startswith("New Movie")
+
+
+def test_grpc_health_is_not_serving_until_a_version_is_readable(tmp_path: Path, model: ScriptedRanking) -> None:
+    """Real gRPC health on loopback: NOT_SERVING while nothing is published, SERVING once a version is, and
+    still SERVING (degraded answers) when the store goes down after that."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from serving.grpc_api import SERVICE_NAME, start_grpc
+
+    empty = InMemoryStore()
+    server, port = start_grpc(make_gateway(config(tmp_path, version_check_seconds=0.001), empty, model),
+                              "127.0.0.1", 0)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    S = health_pb2.HealthCheckResponse
+
+    def status_becomes(want: int) -> bool:
+        for _ in range(300):
+            got = {health.Check(health_pb2.HealthCheckRequest(service=n), timeout=10).status for n in ("", SERVICE_NAME)}
+            if got == {want}:
+                return True
+            threading.Event().wait(0.1)
+        return False
+
+    try:
+        assert status_becomes(S.NOT_SERVING)
+        empty.versions["v1"] = published()
+        empty.current = "v1"
+        assert status_becomes(S.SERVING)
+        empty.down = True
+        threading.Event().wait(2.5)  # two health checks with the store down
+        assert status_becomes(S.SERVING)
+    finally:
         channel.close()
         server.stop(0)

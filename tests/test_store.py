@@ -83,8 +83,9 @@ def test_user_context_merges_batch_and_stream(store: OnlineStore) -> None:
     assert feats["n_ratings"] == 3 and feats["online"] == {"n_ratings": 2, "mean_rating": 4.5}
     short, _ = store.user_context(7, history_len=2)
     assert short.history == [(5, 3.0, 300), (8, 5.0, 400)]
+    assert ctx.user_lists == {"als": [(3, 0.9), (6, 0.8)]}  # read in the same round trip
     unknown, feats = store.user_context(404)
-    assert unknown.is_cold and unknown.exclude == set() and feats == {}
+    assert unknown.is_cold and unknown.exclude == set() and feats == {} and unknown.user_lists == {"als": []}
 
 
 def test_lists_trending_and_movies(store: OnlineStore) -> None:
@@ -112,3 +113,52 @@ def test_not_published_and_unreachable(redis_client: redis.Redis) -> None:
         with pytest.raises(StoreUnavailable):
             store.current_version()
     gone.close()
+
+
+class CountingRedis(redis.Redis):
+    """A real client that counts round trips: one per plain command, one per pipeline execute."""
+
+    trips = 0
+
+    def execute_command(self, *args, **options):  # noqa: ANN001, ANN002, ANN003, ANN201
+        CountingRedis.trips += 1
+        return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: object = None):  # noqa: ANN201
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+
+        def counted(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+            CountingRedis.trips += 1
+            return execute(*a, **kw)
+
+        pipe.execute = counted
+        return pipe
+
+
+def test_a_warm_recommend_reads_redis_in_one_round_trip(redis_client: redis.Redis, tmp_path) -> None:  # noqa: ANN001
+    """The real gateway over RedisStore: after one warm-up call (global and per-movie lists cached for the
+    version, trending for a second), a Recommend's features, history, seen set and ALS list come in one
+    pipelined round trip."""
+    from pipeline.config import load_config
+    from serving.gateway import Gateway
+    from tests.test_gateway_unit import ScriptedRanking
+
+    prefix = "roundtrip"
+    write(redis_client, K.Keys(prefix), "v1", DATA)
+    kwargs = redis_client.connection_pool.connection_kwargs
+    client = CountingRedis(host=kwargs.get("host", "127.0.0.1"), port=kwargs["port"])
+    cfg = load_config(home=tmp_path, environ={}, overrides={"serving": {"version_check_seconds": 3600.0,
+                                                                         "model_recall": 0},
+                                                             "redis": {"key_prefix": prefix}})
+    gateway = Gateway(cfg, RedisStore(client, prefix), ScriptedRanking({m: m / 10 for m in range(1, 10)}), None)  # type: ignore[arg-type]
+    try:
+        first = gateway.recommend(7, k=3)
+        CountingRedis.trips = 0
+        again = gateway.recommend(7, k=3)
+        assert CountingRedis.trips == 1
+        assert [i.movie_id for i in again.items] == [i.movie_id for i in first.items] and not again.degraded
+        assert "als" in {s for i in again.items for s in i.sources}
+    finally:
+        RedisStore(redis_client, prefix).clear_online()
+        client.close()

@@ -8,10 +8,11 @@ import threading
 import time
 from typing import Mapping
 
+import grpc
 import numpy as np
 
 from serving.model_server.servable import Servable
-from serving.model_server.signature import Signature
+from serving.model_server.signature import ServingError, Signature
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +20,12 @@ log = logging.getLogger(__name__)
 class _Ticket:
     """One Predict call as the batcher sees it; ``pending`` until a batch thread takes it."""
 
-    __slots__ = ("pending", "key", "servable", "sig", "inputs", "n", "done", "result", "error", "enqueued")
+    __slots__ = ("pending", "key", "servable", "sig", "inputs", "n", "done", "result", "error", "enqueued",
+                 "deadline")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float | None = None) -> None:
         self.pending = True
+        self.deadline = deadline  # the caller's, on the monotonic clock; None = none
         self.done = threading.Event()
         self.result: dict[str, np.ndarray] | None = None
         self.error: BaseException | None = None
@@ -38,6 +41,10 @@ class Batcher:
     signature and every input shape except the candidate dimension N (2nd dimension of
     inputs whose signature leaves it open); N is padded to the batch's largest by
     repeating the request's first candidate and the outputs are sliced back.
+
+    A request whose caller's deadline has passed by the time its batch runs is answered
+    DEADLINE_EXCEEDED without being computed: under overload the model's time goes to
+    requests someone still waits for, not to answers nobody will read.
     """
 
     def __init__(self, max_batch: int, timeout_s: float, threads: int = 1) -> None:
@@ -47,17 +54,17 @@ class Batcher:
         self._lock = threading.Lock()
         self._pending = 0  # Predict calls that arrived and were not yet taken by a batch thread or run alone
         self._stop = threading.Event()
-        self.stats = {"model_calls": 0, "batched_calls": 0, "batched_requests": 0, "largest_batch": 0}
+        self.stats = {"model_calls": 0, "batched_calls": 0, "batched_requests": 0, "largest_batch": 0, "expired": 0}
         self._threads = [threading.Thread(target=self._loop, name=f"batcher-{i}", daemon=True)
                          for i in range(max(1, threads) if self.enabled else 0)]
         for t in self._threads:
             t.start()
 
     # the Predict handler's side
-    def arrive(self) -> _Ticket:
+    def arrive(self, deadline: float | None = None) -> _Ticket:
         with self._lock:
             self._pending += 1
-        return _Ticket()
+        return _Ticket(deadline)
 
     def leave(self, ticket: _Ticket) -> None:
         with self._lock:
@@ -99,10 +106,20 @@ class Batcher:
         assert ticket.result is not None
         return ticket.result
 
-    def run_alone(self, servable: Servable, sig: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_alone(self, servable: Servable, sig: Signature, inputs: Mapping[str, np.ndarray],
+                  deadline: float | None = None) -> dict[str, np.ndarray]:
+        self.check_deadline(deadline)
         with self._lock:
             self.stats["model_calls"] += 1
         return servable.run(sig, inputs)
+
+    def check_deadline(self, deadline: float | None) -> None:
+        """Raise DEADLINE_EXCEEDED (and count it) when ``deadline`` has passed."""
+        if deadline is not None and time.monotonic() >= deadline:
+            with self._lock:
+                self.stats["expired"] += 1
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               "the request's deadline passed before the model ran it (not computed)")
 
     def stop(self) -> None:
         self._stop.set()
@@ -156,6 +173,15 @@ class Batcher:
                             t.done.set()
 
     def _run_group(self, group: list[_Ticket]) -> None:
+        live = []
+        for t in group:
+            try:
+                self.check_deadline(t.deadline)
+                live.append(t)
+            except ServingError as exc:
+                t.error = exc
+                t.done.set()
+        group = live
         if len(group) > 1:
             try:
                 results = self._run_merged(group)
@@ -169,7 +195,7 @@ class Batcher:
                 return
         for t in group:
             try:
-                t.result = self.run_alone(t.servable, t.sig, t.inputs)
+                t.result = self.run_alone(t.servable, t.sig, t.inputs, t.deadline)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
                 t.error = exc
             t.done.set()

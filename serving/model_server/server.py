@@ -171,11 +171,13 @@ class ModelServer:
             raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({self.name})")
         return snapshot[max(snapshot)]
 
-    def predict(self, request: Any) -> Any:
+    def predict(self, request: Any, deadline: float | None = None) -> Any:
+        """One PredictRequest; ``deadline`` (monotonic clock) is the caller's: past it, nothing is computed."""
         from tensorflow_serving.apis import predict_pb2
 
-        ticket = self.batcher.arrive()
+        ticket = self.batcher.arrive(deadline)
         try:
+            self.batcher.check_deadline(deadline)
             servable = self.resolve(request.model_spec)
             sig = servable.signature(request.model_spec.signature_name)
             names = sig.output_names(request.output_filter)
@@ -183,7 +185,7 @@ class ModelServer:
             key = self.batcher.key_for(servable, sig, inputs)
             if key is None:
                 self.batcher.leave(ticket)
-                out = self.batcher.run_alone(servable, sig, inputs)
+                out = self.batcher.run_alone(servable, sig, inputs, deadline)
             else:
                 out = self.batcher.run(ticket, key, servable, sig, inputs)
         finally:
@@ -307,8 +309,8 @@ class ModelServer:
         self.batcher.stop()
         st = self.batcher.stats
         if st["model_calls"]:
-            log.info("model calls %d, of which merged %d (%d requests, largest batch %d)", st["model_calls"],
-                     st["batched_calls"], st["batched_requests"], st["largest_batch"])
+            log.info("model calls %d, of which merged %d (%d requests, largest batch %d); %d expired uncomputed",
+                     st["model_calls"], st["batched_calls"], st["batched_requests"], st["largest_batch"], st["expired"])
 
     def __enter__(self) -> "ModelServer":
         return self
@@ -320,11 +322,17 @@ class ModelServer:
 # --------------------------------------------------------------------------- gRPC servicers
 
 
-def _call(server: ModelServer, context: grpc.ServicerContext, fn: Any, request: Any) -> Any:
+def caller_deadline(context: grpc.ServicerContext) -> float | None:
+    """The caller's deadline on the monotonic clock, None when it set none."""
+    remaining = context.time_remaining()  # without a client deadline gRPC answers ~9.2e18 (or None)
+    return None if remaining is None or remaining > 1e9 else time.monotonic() + remaining
+
+
+def _call(server: ModelServer, context: grpc.ServicerContext, fn: Any, request: Any, **kwargs: Any) -> Any:
     with server._lock:
         server._rpcs_in_flight += 1
     try:
-        return fn(request)
+        return fn(request, **kwargs)
     except ServingError as exc:
         context.abort(exc.code, exc.message)
     except Exception as exc:  # noqa: BLE001
@@ -349,7 +357,7 @@ class _PredictionServicer(_PredictionBase):  # type: ignore[misc, valid-type]
         self.server = server
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return _call(self.server, context, self.server.predict, request)
+        return _call(self.server, context, self.server.predict, request, deadline=caller_deadline(context))
 
     def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return _call(self.server, context, self.server.metadata, request)
