@@ -27,8 +27,14 @@ def describe() -> dict[str, object]:
         java = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=20).stderr.splitlines()[0]
     except (OSError, IndexError, subprocess.SubprocessError):
         java = None
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=20).stdout
+        lscpu_fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+        lscpu_fields = {k.strip(): v.strip() for k, v in lscpu_fields.items()}
+    except (OSError, subprocess.SubprocessError):
+        lscpu_fields = {}
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib, "os": platform.platform(),
-            "python": platform.python_version(), "java": java}
+            "python": platform.python_version(), "java": java, "lscpu": lscpu_fields}
 
 
 def write_result(result: dict, out_dir: str, name: str) -> Path:

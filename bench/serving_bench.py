@@ -1,38 +1,52 @@
-"""Serving benchmark: open-loop load on the gateway's Recommend and on the model server's Predict alone.
+"""Serving benchmark: open-loop load from a separate process on Recommend, on Predict alone, and the model floor.
 
-    make bench                                   # part of the bench suite
-    python -m bench.serving_bench --rates 5,10,20,40 --seconds 20
-    python -m bench.serving_bench --home var     # reuse a home that has a batch publish and an export
+    make bench                                        # part of the bench suite
+    python -m bench.serving_bench --rates 50,100,200,400 --seconds 10
+    python -m bench.serving_bench --home var          # reuse a home that has a batch publish and an export
 
-Open loop: requests are sent on a fixed schedule (rate R: one every 1/R s) whatever
-the answers do, and each latency is measured from the *scheduled* send time, so a
-slow server shows up as latency instead of silently lowering the load (no coordinated
-omission). Both targets run on the same machine in the same run: Recommend(k=10) with
-``serving.candidates`` merged candidates ranked, and Predict with one real request of
-the same size built from the same user's features. The gateway's added overhead is
-their difference; where its time goes comes from the gateway's own per-stage
-histograms (``/metrics``).
+Three targets, one request mix, one run:
+
+* **floor**: the exported model called in this process, sequentially, on the very
+  requests the gateway would send (no gRPC, no queue): what one ranking costs;
+* **Predict alone**: those requests through the model server's gRPC API;
+* **Recommend**: the gateway (features, recall, both model calls, blend), cycling
+  through every published user (at least 6,040 distinct users: no answer is cached).
+
+The load comes from ``bench/loadgen.py`` in its own process (it never shares a GIL with
+the server), open loop: requests leave on a fixed schedule and latency is measured from
+the scheduled send time (no coordinated omission). Degraded answers are counted apart
+and are not goodput; refusals (RESOURCE_EXHAUSTED) are counted with their own latency.
+Per run: p50/p95/p99, goodput, CPU-ms per request of the gateway (this process) and of
+the model server (its child), their memory. Then an overload run: twice the measured
+capacity for ``--burst-seconds``, followed by half the capacity, reporting goodput
+during the burst, how fast the excess was answered, and how long latency took to recover.
 
 Without ``--home`` a bench home is built once under ``bench/.home`` (synthetic 1M
-ratings, batch plane, a ranker trained on a 200k-example sample for one epoch:
-serving latency depends on the architecture, not on how long it trained) and reused.
-Writes bench/results/serving-<time>.json with the machine's description.
+ratings, batch plane, a ranker trained on a 200k-example sample for one epoch and the
+sequence model for two: serving latency depends on the architecture, not on how long it
+trained) and reused. Writes bench/results/serving-<time>.json with the machine's description (``lscpu``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import random
 import re
-import threading
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bench.loadgen import percentiles, write_requests
 from bench.machine import describe, write_result
 from pipeline.config import Config, load_config
 
@@ -48,54 +62,17 @@ def ensure_home(home: Path, ratings: int) -> Config:
     from spark_jobs.batch import run_batch
 
     cfg = load_config(home=home, environ={}, overrides={
-        "synth": {"ratings": ratings}, "model": {"epochs": 1, "max_train_examples": 200_000}})
+        "synth": {"ratings": ratings}, "model": {"epochs": 1, "max_train_examples": 200_000, "sequence_epochs": 2}})
     h = Home(cfg.home)
     if h.current_version() is None:
         console.print(f"building the bench home {home} (synthetic data, batch plane) ...")
         generate(cfg.synth, h.synthetic_data)
         run_batch(cfg, h.synthetic_data)
     if not exported_versions(h):
-        console.print("training a bench-size ranker (200k examples, 1 epoch) and exporting it ...")
+        console.print("training a bench-size ranker (200k examples, 1 epoch; sequence model 2 epochs) and exporting ...")
         train(cfg, verbose=0)
         export(h, latest_run(h))
     return cfg
-
-
-def open_loop(send: Callable[[], Any], rate: float, seconds: float) -> dict[str, Any]:
-    """Fire ``send()`` (returns a grpc future) at ``rate``/s for ``seconds``; latency from the scheduled time."""
-    n = max(1, int(rate * seconds))
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    done = threading.Event()
-    remaining = [n]
-    start = time.perf_counter() + 0.05
-
-    def finished(scheduled: float, fut: Any) -> None:
-        now = time.perf_counter()
-        with lock:
-            exc = fut.exception()
-            if exc is None:
-                latencies.append(now - scheduled)
-            else:
-                errors.append(str(getattr(exc, "code", lambda: exc)()))
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                done.set()
-
-    for i in range(n):
-        scheduled = start + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        send().add_done_callback(lambda f, s=scheduled: finished(s, f))
-    done.wait(timeout=seconds + 60)
-    wall = time.perf_counter() - start
-    lat = np.asarray(latencies) * 1000
-    pct = (lambda q: round(float(np.percentile(lat, q)), 2)) if len(lat) else (lambda q: None)
-    return {"rate": rate, "sent": n, "ok": len(latencies), "errors": len(errors), "error_codes": sorted(set(errors)),
-            "achieved_rps": round(len(latencies) / wall, 1), "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
-            "mean_ms": round(float(lat.mean()), 2) if len(lat) else None}
 
 
 def stage_means(http_port: int) -> dict[str, float]:
@@ -106,87 +83,214 @@ def stage_means(http_port: int) -> dict[str, float]:
     return {s: round(float(sums[s]) / float(counts[s]) * 1000, 2) for s in sums if float(counts.get(s, 0)) > 0}
 
 
+class Usage:
+    """CPU seconds and resident memory of a set of processes, sampled around a run."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        import psutil
+
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+
+    def cpu(self) -> dict[str, float]:
+        return {n: sum(p.cpu_times()[:2]) for n, p in self.procs.items()}
+
+    def rss_mib(self) -> dict[str, float]:
+        return {n: round(p.memory_info().rss / 2**20, 1) for n, p in self.procs.items()}
+
+
+def loadgen(target: str, kind: str, phases: list[tuple[float, float]], source: Path, deadline: float) -> dict:
+    """One run of bench/loadgen.py in its own process; its JSON summary."""
+    flag = "--users-file" if kind == "recommend" else "--request-file"
+    cmd = [sys.executable, "-m", "bench.loadgen", "--target", target, "--kind", kind, "--deadline", str(deadline),
+           "--phases", ",".join(f"{r:g}:{t:g}" for r, t in phases), flag, str(source)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=sum(t for _, t in phases) + deadline + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed ({out.returncode}): {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measured(usage: Usage, target: str, kind: str, phases: list[tuple[float, float]], source: Path,
+             deadline: float) -> dict:
+    """A load-generator run with the servers' CPU-ms per answered request and memory added."""
+    before = usage.cpu()
+    r = loadgen(target, kind, phases, source, deadline)
+    after = usage.cpu()
+    answered = max(1, r["sent"] - r["unanswered"])
+    r["cpu_ms_per_request"] = {n: round((after[n] - before[n]) * 1000 / answered, 2) for n in after}
+    r["rss_mib"] = usage.rss_mib()
+    return r
+
+
+def floor(model_dir: Path, signature: str, requests: list[dict[str, np.ndarray]], rounds: int = 3) -> dict:
+    """The exported model called in-process and sequentially on ``requests``: latency and CPU per call."""
+    import tensorflow as tf
+
+    from serving.tensors import from_tensor_proto, to_tensor_proto
+
+    fn = tf.saved_model.load(str(model_dir)).signatures[signature]
+    specs = fn.structured_input_signature[1]
+    tensors = [{k: tf.constant(from_tensor_proto(to_tensor_proto(v)), dtype=specs[k].dtype) for k, v in r.items()}
+               for r in requests]
+    for t in tensors[:20]:
+        fn(**t)
+    times: list[float] = []
+    cpu0 = time.process_time()
+    for _ in range(rounds):
+        for t in tensors:
+            t0 = time.perf_counter()
+            fn(**t)
+            times.append(time.perf_counter() - t0)
+    return {"signature": signature, "calls": len(times), **percentiles(times),
+            "cpu_ms_per_call": round((time.process_time() - cpu0) * 1000 / len(times), 2)}
+
+
+def rank_requests(stack: Any, users: list[int]) -> tuple[list[dict[str, np.ndarray]], str, int]:
+    """(the ranking request the gateway sends for each user, its signature, mean candidates ranked).
+
+    ``rank_ids`` when the gateway would use it (on, in the export, of the served batch version: probed through
+    the gateway's own client), else ``serving_default`` with every candidate's features.
+    """
+    from model.signature import RANK_IDS_SIGNATURE, SIGNATURE_NAME, build_request, build_user_request
+    from pipeline import keys as K
+    from pipeline.recall import merge
+
+    gw = stack.gateway
+    view = gw.versions.view()
+    parts = []
+    for uid in users:
+        ctx, feats = view.store.user_context(uid, history_len=gw.cfg.features.history_len)
+        ids = [c.movie_id for c in merge(ctx, view.store, gw.recall_cfg) if view.catalog.recommendable(c.movie_id)]
+        parts.append((gw._user_input(uid, ctx, feats), ids))
+    fell_back: list[int] = []
+
+    def full(user: Any, ids: list[int]) -> dict[str, np.ndarray]:
+        return build_request(user, view.catalog.movie_inputs(ids), gw.history_len, gw.title_len)
+
+    if gw.cfg.serving.precomputed_candidates:
+        user, ids = parts[0]
+        gw.ranking.rank_ids(build_user_request(user, gw.history_len), np.asarray([ids], np.int64),
+                            K.batch_version_of(view.store.version),
+                            lambda: fell_back.append(1) or full(user, ids), timeout_s=30)
+    by_ids = gw.cfg.serving.precomputed_candidates and not fell_back
+    out = [{**build_user_request(u, gw.history_len), "movie_ids": np.asarray([ids], np.int64)} if by_ids
+           else full(u, ids) for u, ids in parts]
+    return out, RANK_IDS_SIGNATURE if by_ids else SIGNATURE_NAME, int(np.mean([len(i) for _, i in parts]))
+
+
+def to_predict(requests: list[dict[str, np.ndarray]], model_name: str, signature: str) -> list[Any]:
+    from tensorflow_serving.apis import model_pb2, predict_pb2
+
+    from serving.tensors import to_tensor_proto
+
+    out = []
+    for r in requests:
+        req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+        for name, value in r.items():
+            req.inputs[name].CopyFrom(to_tensor_proto(value))
+        out.append(req)
+    return out
+
+
+def overload(timeline: list[list], burst_s: float, threshold_ms: float) -> dict[str, Any]:
+    """From a burst-then-light run's timeline: goodput in the burst, and when latency came back under threshold."""
+    in_burst = [t for t in timeline if t[0] < burst_s]
+    after = [t for t in timeline if t[0] >= burst_s]
+    late = [t[0] for t in after if t[2] != "ok" or t[1] * 1000 > threshold_ms]
+    excess = [t[1] for t in in_burst if t[2] != "ok"]
+    return {"burst_goodput_rps": round(sum(1 for t in in_burst if t[2] == "ok") / burst_s, 1),
+            "burst_not_ok": len(excess), "burst_not_ok_p99_ms": percentiles(excess)["p99_ms"],
+            "recovered_after_s": round(max(late) - burst_s, 2) if late else 0.0, "recovery_threshold_ms": threshold_ms}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", help="reuse this home (needs a batch publish and an exported model)")
     parser.add_argument("--ratings", type=int, default=1_000_209, help="size of the bench home's synthetic data")
-    parser.add_argument("--rates", default="5,10,20,40", help="request rates to test, per second")
-    parser.add_argument("--seconds", type=float, default=15.0, help="duration of each rate")
-    parser.add_argument("--users", type=int, default=200, help="distinct users cycled through")
+    parser.add_argument("--rates", default="50,100,200,400", help="request rates to test, per second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each rate")
+    parser.add_argument("--burst-seconds", type=float, default=30.0, help="the 2x-capacity overload run (0 = skip)")
+    parser.add_argument("--users", type=int, default=6040, help="distinct users cycled through (at least 6,040)")
+    parser.add_argument("--deadline", type=float, default=2.0, help="each call's deadline, seconds")
     parser.add_argument("--max-batch", type=int, help="model server batching (1 = off); default serving.max_batch")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
 
-    import grpc
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
-
-    from model.signature import SIGNATURE_NAME, build_request
+    from model.export import exported_versions, model_base
+    from pipeline.home import Home
     from serving.app import serving_stack, wait_for_model
-    from serving.protos.recsys.v1 import recommender_pb2 as pb
-    from serving.protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
-    from serving.tensors import to_tensor_proto
 
     cfg = ensure_home(Path(args.home) if args.home else Path("bench/.home"), args.ratings)
-    serving = {"bind": "127.0.0.1", "grpc_port": 0, "http_port": 0, "model_port": 0, "model_timeout_ms": 5000,
-               "deadline_ms": 10000}
+    serving = {"bind": "127.0.0.1", "grpc_port": 0, "http_port": 0, "model_port": 0}
     if args.max_batch:
         serving["max_batch"] = args.max_batch
     cfg = cfg.replace("serving", **serving)
     rates = [float(r) for r in args.rates.split(",")]
     results: dict[str, Any] = {"recommend": [], "predict": []}
+    work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     with serving_stack(cfg) as stack:
         wait_for_model(stack)
-        gw = stack.gateway
-        view = gw.versions.view()
-        users = view.store.user_ids(args.users)
-        # One real Predict request of the size Recommend sends, for the model-alone runs.
-        ctx, feats = view.store.user_context(users[0], history_len=cfg.features.history_len)
-        from pipeline.recall import merge
-
-        candidates = merge(ctx, view.store, gw.recall_cfg)
-        request = build_request(gw._user_input(users[0], ctx, feats), view.catalog.movie_inputs([c.movie_id for c in candidates]),
-                                gw.history_len, gw.title_len)
-        preq = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=cfg.serving.model_name,
-                                                                          signature_name=SIGNATURE_NAME))
-        for name, value in request.items():
-            preq.inputs[name].CopyFrom(to_tensor_proto(value))
-        n_candidates = len(candidates)
-        gw_channel = grpc.insecure_channel(stack.grpc_target)
-        model_channel = grpc.insecure_channel(stack.model_target)
-        rec_stub = pb_grpc.RecommenderStub(gw_channel)
-        pred_stub = prediction_service_pb2_grpc.PredictionServiceStub(model_channel)
-        counter = iter(range(10**9))
-        send_rec = lambda: rec_stub.Recommend.future(  # noqa: E731
-            pb.RecommendRequest(user_id=users[next(counter) % len(users)], k=10), timeout=30)
-        send_pred = lambda: pred_stub.Predict.future(preq, timeout=30)  # noqa: E731
-        for _ in range(20):  # warm both paths (caches, tf.function traces, connections)
-            send_rec().result()
-            send_pred().result()
+        view = stack.gateway.versions.view()
+        users = view.store.user_ids(10**9)
+        if len(users) < args.users:
+            console.print(f"[yellow]only {len(users)} users are published (asked for {args.users})[/]")
+        random.Random(7).shuffle(users)
+        users = users[:max(args.users, 1)]
+        (work / "users.txt").write_text("\n".join(map(str, users)))
+        requests, signature, n_candidates = rank_requests(stack, users[:200])
+        write_requests(work / "predict.bin", to_predict(requests, cfg.serving.model_name, signature))
+        model_dir = model_base(Home(cfg.home), cfg.serving.model_name) / str(exported_versions(Home(cfg.home))[0])
+        console.print(f"floor: the model in-process on {len(requests)} requests ({signature}) ...")
+        results["floor"] = floor(model_dir, signature, requests)
+        usage = Usage({"gateway": os.getpid(), "model_server": stack.extras["model"].process.pid})
+        for kind, target, source in (("predict", stack.model_target, work / "predict.bin"),
+                                     ("recommend", stack.grpc_target, work / "users.txt")):
+            loadgen(target, kind, [(20.0, 2.0)], source, args.deadline)  # warm-up: connections, traces, caches
         for rate in rates:
-            console.print(f"rate {rate:g}/s: Predict alone ...")
-            results["predict"].append(open_loop(send_pred, rate, args.seconds))
-            console.print(f"rate {rate:g}/s: Recommend ...")
-            results["recommend"].append(open_loop(send_rec, rate, args.seconds))
+            for kind, target, source in (("predict", stack.model_target, work / "predict.bin"),
+                                         ("recommend", stack.grpc_target, work / "users.txt")):
+                console.print(f"rate {rate:g}/s: {kind} ...")
+                r = measured(usage, target, kind, [(rate, args.seconds)], source, args.deadline)
+                r.pop("timeline")
+                results[kind].append(r)
+        capacity = max(r["goodput_rps"] for r in results["recommend"])
+        if args.burst_seconds > 0 and capacity > 0:
+            base = min(results["recommend"], key=lambda r: r["rate"])
+            threshold = max(50.0, 2 * (base["p99_ms"] or 0))
+            console.print(f"overload: {2 * capacity:g}/s (2x the measured capacity) for {args.burst_seconds:g} s, "
+                          f"then {capacity / 2:g}/s ...")
+            r = measured(usage, stack.grpc_target, "recommend",
+                         [(2 * capacity, args.burst_seconds), (capacity / 2, 10.0)], work / "users.txt", args.deadline)
+            timeline = r.pop("timeline")
+            results["overload"] = {"capacity_rps": capacity, "offered_rps": 2 * capacity, **r,
+                                   **overload(timeline, args.burst_seconds, threshold)}
         stages = stage_means(stack.http_port)
-        gw_channel.close()
-        model_channel.close()
     result = {"benchmark": "serving", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": describe(), "home": str(cfg.home), "candidates_ranked": n_candidates,
-              "seconds_per_rate": args.seconds, "max_batch": cfg.serving.max_batch, **results,
-              "stage_mean_ms": stages}
-    table = Table(title=f"serving, open loop ({describe()['cores']} cores, {n_candidates} candidates, k=10)")
-    for col in ("target", "rate/s", "achieved/s", "p50 ms", "p95 ms", "p99 ms", "errors"):
+              "machine": describe(), "home": str(cfg.home), "candidates_ranked_mean": n_candidates,
+              "rank_signature": signature, "distinct_users": len(users), "seconds_per_rate": args.seconds,
+              "deadline_s": args.deadline, "max_batch": cfg.serving.max_batch, **results, "stage_mean_ms": stages}
+    f = results["floor"]
+    table = Table(title=f"serving, open loop from a separate process ({describe()['cores']} cores, "
+                        f"~{n_candidates} candidates ranked, {len(users)} users, k=10); "
+                        f"floor p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms")
+    for col in ("target", "offered/s", "goodput/s", "p50 ms", "p99 ms", "degraded", "errors", "gw CPU-ms",
+                "model CPU-ms"):
         table.add_column(col, justify="right")
     for target in ("predict", "recommend"):
         for r in results[target]:
+            cpu = r["cpu_ms_per_request"]
             table.add_row("Predict alone" if target == "predict" else "Recommend", f"{r['rate']:g}",
-                          str(r["achieved_rps"]), str(r["p50_ms"]), str(r["p95_ms"]), str(r["p99_ms"]), str(r["errors"]))
+                          str(r["goodput_rps"]), str(r["p50_ms"]), str(r["p99_ms"]), str(r["degraded"]),
+                          str(sum(r["errors"].values())), str(cpu["gateway"]), str(cpu["model_server"]))
     console.print(table)
     overhead = [round(r["p50_ms"] - p["p50_ms"], 2) for r, p in zip(results["recommend"], results["predict"])
                 if r["p50_ms"] is not None and p["p50_ms"] is not None]
     result["gateway_overhead_p50_ms"] = overhead
-    console.print(f"gateway overhead at p50 (Recommend - Predict), per rate: {overhead} ms; "
-                  f"mean per stage: {stages}")
+    console.print(f"gateway overhead at p50 (Recommend - Predict), per rate: {overhead} ms; mean per stage: {stages}")
+    if "overload" in results:
+        o = results["overload"]
+        console.print(f"overload: capacity {o['capacity_rps']}/s, offered {o['offered_rps']}/s -> goodput "
+                      f"{o['burst_goodput_rps']}/s in the burst; {o['burst_not_ok']} excess answered, p99 "
+                      f"{o['burst_not_ok_p99_ms']} ms; recovered {o['recovered_after_s']} s after it")
     path = write_result(result, args.out, "serving")
     console.print(f"wrote {path}")
     return 0

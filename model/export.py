@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from model.data import USER_COUNT_SCALE
-from model.signature import (NEXT_MOVIES_SIGNATURE, SERVING_INPUTS, SIGNATURE_NAME, MovieInputs, UserInput,
-                             build_request)
+from model.signature import (NEXT_MOVIES_SIGNATURE, RANK_IDS_INPUTS, RANK_IDS_SIGNATURE, SERVING_INPUTS,
+                             SIGNATURE_NAME, MovieInputs, UserInput, build_request)
 from pipeline.home import Home, model_versions
 
 MODEL_NAME = "ranker"
@@ -73,13 +73,30 @@ def vocab_table(asset: Any, key_dtype: Any) -> Any:
         default_value=-1, experimental_is_anonymous=True)
 
 
+def candidate_table(tower: Any, table: Any, chunk: int = 4096) -> np.ndarray:
+    """[M + 1, d] float32: the candidate tower's output for every vocabulary movie (row = movie index)."""
+    import tensorflow as tf
+
+    from model.data import candidate_features
+
+    rows = []
+    for start in range(0, len(table.genres), chunk):
+        idx = tf.range(start, min(start + chunk, len(table.genres)), dtype=tf.int32)[None, :]
+        rows.append(tf.cast(tower(candidate_features(table, idx), training=False), tf.float32).numpy()[0])
+    return np.concatenate(rows, axis=0)
+
+
 def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Path], sequence: Any = None,
-                 mix: float = 0.0) -> Any:
+                 mix: float = 0.0, split: tuple[Any, Any] | None = None, batch_version: str = "") -> Any:
     """A tf.Module whose ``serve`` function is the serving signature.
 
     With a ``sequence`` model (``model.sequence``) the exported ``score`` mixes its next-movie log-probability
     into the ranker's logit with weight ``mix``, and ``next_movies`` (a second signature) returns its top movies
     over the whole catalogue for the gateway's recall.
+
+    With ``split`` (``model.ranker.split_ranker``: the candidate tower and the rest of the ranker) the module
+    also has ``rank_ids``: the same scores from candidate ids alone, the tower's outputs precomputed here for
+    every vocabulary movie with the run's movie features (those of ``batch_version``) and gathered in the graph.
     """
     import tensorflow as tf
 
@@ -99,6 +116,10 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
             self.sequence = sequence
             self.mix = float(mix)
             self.movie_ids_by_idx = tf.constant(np.array([0] + [int(m) for m in vocab.movie.values], np.int64))
+            if split is not None:
+                self.rest = split[1]
+                self.cand_table = tf.Variable(candidate_table(split[0], table), trainable=False, name="cand_table")
+                self.batch_version = tf.constant(batch_version)
 
         def _next_logp(self, hist_idx: Any) -> Any:
             """[B, M + 1] log-probabilities of the next movie (column 0, padding, at -1e9)."""
@@ -113,17 +134,15 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
                                tf.string if dtype == "string" else getattr(tf, dtype), name=name)
                  for name, (dtype, shape) in SERVING_INPUTS.items()]
 
-        @tf.function(input_signature=specs)
-        def serve(self, user_id, age_bucket, gender, occupation, user_n_ratings, user_mean_rating,  # noqa: ANN001
-                  hist_movie_ids, hist_ratings, interest_genres, movie_ids, movie_genres, movie_year,
-                  movie_title_tokens, movie_stats):  # noqa: ANN202
+        def _user_inputs(self, user_id, age_bucket, gender, occupation, user_n_ratings, user_mean_rating,  # noqa: ANN001
+                         hist_movie_ids, hist_ratings, interest_genres) -> dict[str, Any]:
+            """The user side of the ranker's inputs (shared by serve and rank_ids)."""
             hist_idx = self._idx("movie_id", hist_movie_ids)
             valid = tf.cast(hist_idx > 0, tf.float32)[..., None]
             g = tf.gather(self.movie_genres_by_idx, hist_idx)
             from_history = tf.reduce_sum(g * valid, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
             has_history = tf.reduce_any(hist_idx > 0, axis=1, keepdims=True)
-            decade = tf.where(movie_year > 0, (movie_year // 10) * 10, tf.zeros_like(movie_year) - 1)
-            inputs = {
+            return {
                 "user_idx": self._idx("user_id", user_id),
                 "age_idx": self._idx("age_bucket", age_bucket),
                 "gender_idx": self._idx("gender", gender),
@@ -132,16 +151,12 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
                 "hist_movie_idx": hist_idx,
                 "hist_rating": hist_ratings / 5.0,
                 "interest_genres": tf.where(has_history, from_history, interest_genres),
-                "cand_movie_idx": self._idx("movie_id", movie_ids),
-                "cand_genres": movie_genres,
-                "cand_decade_idx": self._idx("decade", decade),
-                "cand_title_idx": self._idx("title_token", movie_title_tokens),
-                "cand_stats": movie_stats / tf.constant([10.0, 5.0, 5.0]),
             }
-            out = self.ranker(inputs, training=False)
+
+        def _outputs(self, out: dict[str, Any], cand: Any, hist_idx: Any) -> dict[str, Any]:
+            """score / rating / attention as float32, the sequence model mixed into the score."""
             result = {k: tf.cast(out[k], tf.float32) for k in ("score", "rating", "attention")}
             if self.sequence is not None and self.mix > 0:
-                cand = inputs["cand_movie_idx"]
                 logp = tf.gather(self._next_logp(hist_idx), cand, batch_dims=1)
                 n = float(vocab.movie.size)
                 centred = tf.where(cand > 0, logp + tf.math.log(n), tf.zeros_like(logp))  # new movie: ranker only
@@ -149,6 +164,41 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
                 z = (1.0 - self.mix) * tf.math.log(p / (1.0 - p)) + self.mix * centred
                 result["score"] = tf.sigmoid(z)
             return result
+
+        @tf.function(input_signature=specs)
+        def serve(self, user_id, age_bucket, gender, occupation, user_n_ratings, user_mean_rating,  # noqa: ANN001
+                  hist_movie_ids, hist_ratings, interest_genres, movie_ids, movie_genres, movie_year,
+                  movie_title_tokens, movie_stats):  # noqa: ANN202
+            user = self._user_inputs(user_id, age_bucket, gender, occupation, user_n_ratings, user_mean_rating,
+                                     hist_movie_ids, hist_ratings, interest_genres)
+            decade = tf.where(movie_year > 0, (movie_year // 10) * 10, tf.zeros_like(movie_year) - 1)
+            inputs = {
+                **user,
+                "cand_movie_idx": self._idx("movie_id", movie_ids),
+                "cand_genres": movie_genres,
+                "cand_decade_idx": self._idx("decade", decade),
+                "cand_title_idx": self._idx("title_token", movie_title_tokens),
+                "cand_stats": movie_stats / tf.constant([10.0, 5.0, 5.0]),
+            }
+            out = self.ranker(inputs, training=False)
+            return self._outputs(out, inputs["cand_movie_idx"], user["hist_movie_idx"])
+
+        if split is not None:
+            id_specs = [s for s in specs if s.name in RANK_IDS_INPUTS]
+
+            @tf.function(input_signature=id_specs)
+            def rank_ids(self, user_id, age_bucket, gender, occupation, user_n_ratings, user_mean_rating,  # noqa: ANN001
+                         hist_movie_ids, hist_ratings, interest_genres, movie_ids):  # noqa: ANN202
+                """serve's scores from candidate ids alone: their tower outputs come from ``cand_table``."""
+                user = self._user_inputs(user_id, age_bucket, gender, occupation, user_n_ratings, user_mean_rating,
+                                         hist_movie_ids, hist_ratings, interest_genres)
+                cand = self._idx("movie_id", movie_ids)
+                out = self.rest({**user, "cand_movie_idx": cand, "cand_vec": tf.gather(self.cand_table, cand)},
+                                training=False)
+                result = self._outputs(out, cand, user["hist_movie_idx"])
+                result["known"] = cand > 0
+                result["batch_version"] = tf.fill(tf.shape(user_id), self.batch_version)
+                return result
 
         if sequence is not None:
             @tf.function(input_signature=[tf.TensorSpec([None, H], tf.int64, name="hist_movie_ids")])
@@ -205,6 +255,7 @@ def export(home: Home, run_dir: Path, model_name: str = MODEL_NAME) -> Path:
     """Export the run's ranker as the next version under ``<home>/models/<model_name>/``."""
     import tensorflow as tf
 
+    from model.ranker import BlockConfig, VocabSizes, split_ranker
     from model.runs import load_run
 
     ranker, vocab, table, summary = load_run(run_dir)
@@ -216,8 +267,10 @@ def export(home: Home, run_dir: Path, model_name: str = MODEL_NAME) -> Path:
         vocab_dir = Path(tempfile.mkdtemp(prefix=".vocab-", dir=base))
         files = _write_vocab_files(vocab, vocab_dir)
         seq = load_sequence(run_dir)
-        module = build_module(ranker, vocab, table, files, *(seq or (None, 0.0)))
-        signatures = {SIGNATURE_NAME: module.serve}
+        split = split_ranker(ranker, VocabSizes.of(vocab), BlockConfig.from_dict(summary["blocks"]))
+        module = build_module(ranker, vocab, table, files, *(seq or (None, 0.0)), split=split,
+                              batch_version=str(summary.get("batch_version", "")))
+        signatures = {SIGNATURE_NAME: module.serve, RANK_IDS_SIGNATURE: module.rank_ids}
         if seq is not None:
             signatures[NEXT_MOVIES_SIGNATURE] = module.next_movies
         tf.saved_model.save(module, str(staging), signatures=signatures)

@@ -69,6 +69,14 @@ class VocabSizes:
             if getattr(self, name) < 1:
                 raise ValueError(f"VocabSizes.{name} must be at least 1")
 
+    @classmethod
+    def of(cls, vocab: Any) -> VocabSizes:
+        """The sizes of a ``model.vocab.Vocab``: what a ranker trained on it was built for."""
+        return cls(n_users=vocab.user.size, n_movies=vocab.movie.size, n_genres=vocab.genre.size,
+                   n_ages=vocab.age.size, n_genders=vocab.gender.size, n_occupations=vocab.occupation.size,
+                   n_decades=vocab.decade.size, n_title_tokens=vocab.title_token.size,
+                   history_len=vocab.history_len, title_len=vocab.title_len)
+
 
 _MOVIE_BLOCKS = ("genre_conv", "movie_id", "decade", "title_cnn", "movie_stats")
 
@@ -165,25 +173,34 @@ def input_signature(spec: VocabSizes) -> dict[str, tf.TensorSpec]:
     return {name: tf.TensorSpec(shape, dtype, name=name) for name, (shape, dtype) in shapes.items()}
 
 
-def _inputs(spec: VocabSizes) -> dict[str, keras.KerasTensor]:
-    return {name: keras.Input(shape=s.shape[1:], dtype=s.dtype.name, name=name)
-            for name, s in input_signature(spec).items()}
+def _inputs(spec: VocabSizes, vector_dim: int | None = None) -> dict[str, keras.KerasTensor]:
+    """The model's inputs; with ``vector_dim`` the candidate side is one precomputed ``cand_vec`` [B, N, d]."""
+    specs = input_signature(spec)
+    if vector_dim is not None:
+        specs = {n: v for n, v in specs.items() if n in USER_INPUTS or n == "cand_movie_idx"}
+        specs["cand_vec"] = tf.TensorSpec((None, None, vector_dim), "float32", name="cand_vec")
+    return {name: keras.Input(shape=s.shape[1:], dtype=s.dtype.name, name=name) for name, s in specs.items()}
 
 
 def _concat(parts: list[Any], name: str) -> Any:
     return parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=-1, name=name)(parts)
 
 
-def build_ranker(spec: VocabSizes, blocks: BlockConfig) -> keras.Model:
+def build_ranker(spec: VocabSizes, blocks: BlockConfig, candidate_vectors: bool = False) -> keras.Model:
     """The ranking model for ``spec`` with the blocks of ``blocks``; uncompiled.
 
     Inputs and outputs are dicts keyed by `INPUT_NAMES` and `OUTPUT_NAMES` (shapes in
     `input_signature`); the outputs are ``score`` [B, N] in (0, 1), ``rating`` [B, N] in
     (0, 5) and ``attention`` [B, N, H] (zeros when target attention is off).
+
+    ``candidate_vectors=True`` builds the same model without its candidate tower: it takes
+    ``cand_vec`` [B, N, d] (the tower's output, see `candidate_tower`) and ``cand_movie_idx``
+    instead of the five candidate inputs. Layer names match, so a trained ranker's weights
+    copy over by name (`split_ranker`).
     """
     d = blocks.embedding_dim
     small = max(4, d // 4)
-    x = _inputs(spec)
+    x = _inputs(spec, d if candidate_vectors else None)
 
     # User tower: [B, ...] only.
     user_parts = [keras.layers.Dense(small, activation="relu", name="user_stats_dense")(x["user_stats"])]
@@ -198,21 +215,26 @@ def build_ranker(spec: VocabSizes, blocks: BlockConfig) -> keras.Model:
         user_parts.append(genre_conv(x["interest_genres"]))
     user_vec = keras.layers.Dense(d, name="user_projection")(_concat(user_parts, "user_features"))
 
-    # Candidate tower: [B, N, ...].
+    # Candidate tower: [B, N, ...]; it depends on the movie alone (the precomputed path reads it from a table).
     movie_embedding = L.CategoryEmbedding(spec.n_movies, d, name="movie_id_embedding")
-    cand_parts = []
-    if blocks.movie_id:
-        cand_parts.append(movie_embedding(x["cand_movie_idx"]))
-    if genre_conv is not None:
-        cand_parts.append(genre_conv(x["cand_genres"]))
-    if blocks.decade:
-        cand_parts.append(L.CategoryEmbedding(spec.n_decades, small, name="decade_embedding")(x["cand_decade_idx"]))
-    if blocks.title_cnn:
-        cand_parts.append(L.TitleCNN(spec.n_title_tokens, max(4, d // 2), max(4, d // 2), name="title_cnn")(
-            x["cand_title_idx"]))
-    if blocks.movie_stats:
-        cand_parts.append(keras.layers.Dense(small, activation="relu", name="movie_stats_dense")(x["cand_stats"]))
-    cand_vec = keras.layers.Dense(d, name="candidate_projection")(_concat(cand_parts, "candidate_features"))
+    if candidate_vectors:
+        cand_vec = x["cand_vec"]
+    else:
+        cand_parts = []
+        if blocks.movie_id:
+            cand_parts.append(movie_embedding(x["cand_movie_idx"]))
+        if genre_conv is not None:
+            cand_parts.append(genre_conv(x["cand_genres"]))
+        if blocks.decade:
+            cand_parts.append(L.CategoryEmbedding(spec.n_decades, small, name="decade_embedding")(
+                x["cand_decade_idx"]))
+        if blocks.title_cnn:
+            cand_parts.append(L.TitleCNN(spec.n_title_tokens, max(4, d // 2), max(4, d // 2), name="title_cnn")(
+                x["cand_title_idx"]))
+        if blocks.movie_stats:
+            cand_parts.append(keras.layers.Dense(small, activation="relu", name="movie_stats_dense")(
+                x["cand_stats"]))
+        cand_vec = keras.layers.Dense(d, name="candidate_projection")(_concat(cand_parts, "candidate_features"))
 
     # History encoder: [B, H, ...], once per user; then target attention per candidate.
     per_user = [user_vec]
@@ -254,4 +276,23 @@ def build_ranker(spec: VocabSizes, blocks: BlockConfig) -> keras.Model:
         "rating": L.SigmoidHead(5.0, name="rating_head")(h),
         "attention": attention,
     }
-    return keras.Model(inputs=x, outputs=outputs, name="ranker")
+    return keras.Model(inputs=x, outputs=outputs, name="ranker_on_vectors" if candidate_vectors else "ranker")
+
+
+def candidate_tower(ranker: keras.Model) -> keras.Model:
+    """The trained ranker's candidate tower alone: the five candidate inputs -> ``cand_vec`` [B, N, d]."""
+    return keras.Model(inputs={n: ranker.input[n] for n in CANDIDATE_INPUTS},
+                       outputs=ranker.get_layer("candidate_projection").output, name="candidate_tower")
+
+
+def split_ranker(ranker: keras.Model, spec: VocabSizes, blocks: BlockConfig) -> tuple[keras.Model, keras.Model]:
+    """(candidate tower, the rest on ``cand_vec``) of a trained ranker, sharing its weights.
+
+    ``rest(user inputs + cand_movie_idx + cand_vec=tower(candidate inputs))`` equals ``ranker(inputs)``: the
+    tower's output depends on the movie alone, so serving can compute it once per movie and version.
+    """
+    rest = build_ranker(spec, blocks, candidate_vectors=True)
+    for layer in rest.layers:
+        if layer.weights:
+            layer.set_weights(ranker.get_layer(layer.name).get_weights())
+    return candidate_tower(ranker), rest

@@ -23,6 +23,9 @@ from pipeline.schemas import GENRES
 
 SIGNATURE_NAME = "serving_default"
 NEXT_MOVIES_SIGNATURE = "next_movies"  # hist_movie_ids [B, H] -> movie_ids [B, K], log_prob [B, K]
+# The user inputs and candidate *ids* only: the candidate tower's outputs were computed at export for every
+# vocabulary movie of the run's batch version and are looked up in the graph (see RANK_IDS_OUTPUTS).
+RANK_IDS_SIGNATURE = "rank_ids"
 N_GENRES = len(GENRES)
 
 # name: (dtype, shape with B = batch of users, N = candidates, H = history_len, T = title_len, G = genres)
@@ -47,6 +50,14 @@ SERVING_OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rating": ("float32", ("B", "N")),
     "attention": ("float32", ("B", "N", "H")),
 }
+USER_INPUT_NAMES = ("user_id", "age_bucket", "gender", "occupation", "user_n_ratings", "user_mean_rating",
+                    "hist_movie_ids", "hist_ratings", "interest_genres")
+RANK_IDS_INPUTS = {name: SERVING_INPUTS[name] for name in USER_INPUT_NAMES + ("movie_ids",)}
+# ``known``: the movie had a precomputed candidate vector (a vocabulary movie); a row with an unknown movie must
+# be scored by serving_default, which reads the movie's features. ``batch_version``: the batch version whose
+# movie statistics the precomputed vectors hold; with another version's statistics serving_default is exact.
+RANK_IDS_OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    **SERVING_OUTPUTS, "known": ("bool", ("B", "N")), "batch_version": ("string", ("B",))}
 
 
 @dataclass
@@ -78,11 +89,23 @@ class MovieInputs:
 
 def build_request(user: UserInput, movies: MovieInputs, history_len: int, title_len: int) -> dict[str, np.ndarray]:
     """Signature inputs for one user and N candidates (B = 1)."""
-    hist = list(user.history)[-history_len:]
-    ratings = [r for _, r in hist]
     n = len(movies.movie_ids)
     stats = np.stack([np.asarray(movies.popularity, np.float64), np.asarray(movies.mean_rating, np.float64),
                       np.asarray(movies.bayes_rating, np.float64)], axis=1) if n else np.zeros((0, 3))
+    return {
+        **build_user_request(user, history_len),
+        "movie_ids": np.asarray(movies.movie_ids, np.int64).reshape(1, n),
+        "movie_genres": genre_multi_hot(list(movies.genres)).reshape(1, n, N_GENRES),
+        "movie_year": np.asarray([y or 0 for y in movies.years], np.int64).reshape(1, n),
+        "movie_title_tokens": pad_tokens(list(movies.title_tokens), title_len).reshape(1, n, title_len),
+        "movie_stats": np.nan_to_num(stats, nan=0.0).astype(np.float32).reshape(1, n, 3),
+    }
+
+
+def build_user_request(user: UserInput, history_len: int) -> dict[str, np.ndarray]:
+    """The user inputs (``USER_INPUT_NAMES``) for one user (B = 1): with ``movie_ids`` a ``rank_ids`` request."""
+    hist = list(user.history)[-history_len:]
+    ratings = [r for _, r in hist]
     return {
         "user_id": np.array([user.user_id], np.int64),
         "age_bucket": np.array([user.age_bucket or 0], np.int64),
@@ -94,11 +117,6 @@ def build_request(user: UserInput, movies: MovieInputs, history_len: int, title_
         "hist_movie_ids": left_pad([[m for m, _ in hist]], history_len, np.int64),
         "hist_ratings": left_pad([ratings], history_len, np.float32),
         "interest_genres": genre_multi_hot([list(user.interest_genres)]),
-        "movie_ids": np.asarray(movies.movie_ids, np.int64).reshape(1, n),
-        "movie_genres": genre_multi_hot(list(movies.genres)).reshape(1, n, N_GENRES),
-        "movie_year": np.asarray([y or 0 for y in movies.years], np.int64).reshape(1, n),
-        "movie_title_tokens": pad_tokens(list(movies.title_tokens), title_len).reshape(1, n, title_len),
-        "movie_stats": np.nan_to_num(stats, nan=0.0).astype(np.float32).reshape(1, n, 3),
     }
 
 

@@ -34,15 +34,6 @@ def block_config(cfg: Config):  # noqa: ANN201
                        residual_blocks=m.residual_blocks).ablate(list(m.ablate))
 
 
-def vocab_sizes(vocab):  # noqa: ANN001, ANN201
-    from model.ranker import VocabSizes
-
-    return VocabSizes(n_users=vocab.user.size, n_movies=vocab.movie.size, n_genres=vocab.genre.size,
-                      n_ages=vocab.age.size, n_genders=vocab.gender.size, n_occupations=vocab.occupation.size,
-                      n_decades=vocab.decade.size, n_title_tokens=vocab.title_token.size,
-                      history_len=vocab.history_len, title_len=vocab.title_len)
-
-
 def _strategy() -> tuple[Any, str]:
     import keras
     import tensorflow as tf
@@ -60,7 +51,7 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
     import keras
 
     from model.data import dataset, example_arrays, read_split
-    from model.ranker import build_ranker
+    from model.ranker import VocabSizes, build_ranker
     from model.trainer import RankerTrainer
     from model.vocab import MovieTable, Vocab
 
@@ -99,7 +90,7 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
     val_ds = dataset(val_arrays, table, batch, shuffle=False, seed=cfg.model.seed)
 
     with strategy.scope():
-        ranker = build_ranker(vocab_sizes(vocab), blocks)
+        ranker = build_ranker(VocabSizes.of(vocab), blocks)
         trainer = RankerTrainer(ranker, score_weight=cfg.model.score_weight, rating_weight=cfg.model.rating_weight)
         trainer.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.model.learning_rate))
         for inputs, _ in val_ds.take(1):  # build before fit: BackupAndRestore needs built weights to restore into

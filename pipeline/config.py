@@ -215,6 +215,7 @@ class ServingConfig:
     model_timeout_ms: int = _f(1000, "Deadline of one Predict call; beyond it the recall order answers (degraded).")
     model_breaker_failures: int = _f(5, "Failed Predict calls in a row (down, refusing, erroring, or past model_timeout_ms) after which the gateway stops calling the model server for model_breaker_seconds and answers degraded at once; 0 = no breaker.")
     model_breaker_seconds: float = _f(1.0, "How long the open breaker skips the model server before one trial call.")
+    precomputed_candidates: bool = _f(True, "Rank through the export's rank_ids signature (user inputs and candidate ids; the candidate tower was computed at export) whenever that is exact: movies the model knows, and the model's batch version served. Off, or otherwise: serving_default with every candidate's features.")
     candidates: int = _f(400, "How many merged recall candidates are ranked per Recommend call.")
     grpc_max_in_flight: int = _f(32, "gRPC calls one gateway process works on at once; a call beyond it is refused at once with RESOURCE_EXHAUSTED instead of queueing to its deadline.")
     recall_weight: float = _f(0.0, "Blend: final = model score + recall_weight * normalised recall score.")

@@ -139,6 +139,13 @@ class Keys:
         return f"{self.base}:online:stats"
 
 
+def batch_version_of(published: str) -> str:
+    """The home's batch version of a published Redis version ``<batch version>.<n>`` (``n``: the publish's
+    fencing token, so a re-publish of the same batch is a new Redis version of the same data)."""
+    head, dot, tail = published.rpartition(".")
+    return head if dot and tail.isdigit() else published
+
+
 def _check(name: str, allowed: Sequence[str]) -> None:
     if name not in allowed:
         raise ValueError(f"unknown list name {name!r} (known: {', '.join(allowed)})")

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from model.signature import UserInput, build_request
+from model.signature import UserInput, build_request, build_user_request
 from pipeline import keys as K
 from pipeline import recall as R
 from pipeline.config import Config
@@ -251,11 +251,22 @@ class Gateway:
                 self.metrics.degraded.labels(method, "redis").inc()
             return last, True
 
-    def _rank(self, request: dict[str, np.ndarray], deadline: float | None) -> Ranking:
+    def _rank(self, user: UserInput, ids: list[int], view: BatchView, deadline: float | None) -> Ranking:
+        """Score ``ids`` for ``user``: candidate ids only (``rank_ids``) where that is exact, else every
+        candidate's features from the catalog (``serving.precomputed_candidates``)."""
         remaining = None if deadline is None else deadline - time.monotonic() - 0.005
         if remaining is not None and remaining <= 0:
             raise DeadlineExceeded("the deadline passed before ranking")
-        result = self.ranking.rank(request, timeout_s=remaining)
+
+        def full() -> dict[str, np.ndarray]:
+            return build_request(user, view.catalog.movie_inputs(ids), self.history_len, self.title_len)
+
+        if self.cfg.serving.precomputed_candidates:
+            result = self.ranking.rank_ids(build_user_request(user, self.history_len),
+                                           np.asarray([ids], np.int64), K.batch_version_of(view.store.version), full,
+                                           timeout_s=remaining)
+        else:
+            result = self.ranking.rank(full(), timeout_s=remaining)
         self.metrics.set_model_version(result.model_version)
         return result
 
@@ -345,10 +356,8 @@ class Gateway:
         history_sent = [m for m, _, _ in ctx.history][-self.history_len:]
         if ids:
             t = time.perf_counter()
-            request = build_request(self._user_input(user_id, ctx, feats), catalog.movie_inputs(ids),
-                                    self.history_len, self.title_len)
             try:
-                ranking = self._rank(request, deadline)
+                ranking = self._rank(self._user_input(user_id, ctx, feats), ids, view, deadline)
             except ModelUnavailable:
                 degraded = True
                 self.metrics.degraded.labels("recommend", "model").inc()
@@ -414,10 +423,8 @@ class Gateway:
                 degraded = True
                 self.metrics.degraded.labels("rank", "redis").inc()
         ctx, feats = with_profile(ctx, feats, profile)
-        request = build_request(self._user_input(user_id, ctx, feats), view.catalog.movie_inputs(ids),
-                                self.history_len, self.title_len)
         try:
-            ranking: Ranking | None = self._rank(request, deadline)
+            ranking: Ranking | None = self._rank(self._user_input(user_id, ctx, feats), ids, view, deadline)
         except ModelUnavailable:
             ranking, degraded = None, True
             self.metrics.degraded.labels("rank", "model").inc()

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 
-from model.signature import NEXT_MOVIES_SIGNATURE, SIGNATURE_NAME
+from model.signature import NEXT_MOVIES_SIGNATURE, RANK_IDS_SIGNATURE, SIGNATURE_NAME
 from model.vocab import left_pad
 
 
@@ -49,6 +49,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
 
+
+# How long the client trusts what it learnt about rank_ids (absent from the export, or precomputed for another
+# batch version) before it asks again: a new export or a new publish is picked up within this time.
+RANK_IDS_RECHECK_S = 10.0
 
 # Answers that say the model server itself cannot serve (they count towards opening the breaker).
 BREAKER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL,
@@ -115,6 +119,8 @@ class RankingClient:
 
         self.target, self.model_name, self.timeout_s = target, model_name, timeout_s
         self.breaker = breaker or Breaker(0, 0.0)
+        self._ids_off_until = float("-inf")            # rank_ids missing from the export: skip it until then
+        self._ids_batch: tuple[str, float] | None = None  # (batch version rank_ids last reported, when)
         self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
 
@@ -147,21 +153,66 @@ class RankingClient:
         return resp
 
     def rank(self, request: dict[str, np.ndarray], timeout_s: float | None = None) -> Ranking:
-        """One Predict call for B = 1 user and N candidates."""
-        from tensorflow_serving.apis import model_pb2, predict_pb2
-
-        from serving.tensors import from_tensor_proto, to_tensor_proto
-
-        req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=self.model_name,
-                                                                         signature_name=SIGNATURE_NAME))
-        for name, value in request.items():
-            req.inputs[name].CopyFrom(to_tensor_proto(value))
+        """One Predict call (serving_default) for B = 1 user and N candidates with their features."""
         try:
-            resp = self._predict(req, timeout_s)
+            resp = self._predict(self._request(SIGNATURE_NAME, request), timeout_s)
         except grpc.RpcError as exc:
             raise ModelUnavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}") from None
+        return self._ranking(resp, request["movie_ids"].shape[1])[0]
+
+    def rank_ids(self, user: dict[str, np.ndarray], movie_ids: np.ndarray, batch_version: str,
+                 full: Callable[[], dict[str, np.ndarray]], timeout_s: float | None = None) -> Ranking:
+        """The same answer as ``rank(full())``, through ``rank_ids`` whenever that is exact.
+
+        ``rank_ids`` carries the user inputs and the candidate ids only (the candidate side was computed at
+        export). It is exact for movies it knows, and only when the model's precomputed movie statistics are
+        those of ``batch_version`` (the version the caller reads); otherwise, or when the export has no
+        ``rank_ids``, the full request is built (``full``) and sent to serving_default. What it learns
+        (absent signature, another batch version) is trusted for ``RANK_IDS_RECHECK_S``.
+        """
+        start = time.monotonic()
+
+        def left() -> float | None:
+            return None if timeout_s is None else max(0.001, timeout_s - (time.monotonic() - start))
+
+        learnt = self._ids_batch
+        if start < self._ids_off_until or (learnt is not None and learnt[0] != batch_version
+                                           and start - learnt[1] < RANK_IDS_RECHECK_S):
+            return self.rank(full(), timeout_s)
+        try:
+            resp = self._predict(self._request(RANK_IDS_SIGNATURE, {**user, "movie_ids": movie_ids}), timeout_s)
+        except grpc.RpcError as exc:
+            if _is_missing_signature(exc):
+                self._ids_off_until = time.monotonic() + RANK_IDS_RECHECK_S
+                return self.rank(full(), left())
+            raise ModelUnavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}") from None
+        ranking, out = self._ranking(resp, movie_ids.shape[1])
+        try:
+            first = np.asarray(out["batch_version"]).reshape(-1)[0]
+            served_batch = first.decode() if isinstance(first, bytes) else str(first)
+            known = np.asarray(out["known"])[0][: movie_ids.shape[1]]
+        except (KeyError, IndexError) as exc:
+            raise ModelUnavailable(f"model server {self.target} answered outside rank_ids: {exc!r}") from None
+        self._ids_batch = (served_batch, time.monotonic())
+        if served_batch != batch_version or not bool(np.all(known)):
+            return self.rank(full(), left())
+        return ranking
+
+    def _request(self, signature: str, inputs: dict[str, np.ndarray]) -> Any:
+        from tensorflow_serving.apis import model_pb2, predict_pb2
+
+        from serving.tensors import to_tensor_proto
+
+        req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=self.model_name, signature_name=signature))
+        for name, value in inputs.items():
+            req.inputs[name].CopyFrom(to_tensor_proto(value))
+        return req
+
+    def _ranking(self, resp: Any, n: int) -> tuple[Ranking, dict[str, np.ndarray]]:
+        """The Ranking of a Predict answer for N candidates (and every output, decoded)."""
+        from serving.tensors import from_tensor_proto
+
         version = str(resp.model_spec.version.value) if resp.model_spec.HasField("version") else ""
-        n = request["movie_ids"].shape[1]
         try:
             out = {k: from_tensor_proto(v) for k, v in resp.outputs.items()}
             # TF Serving's batcher with pad_variable_length_inputs returns rows padded to the largest N of the batch.
@@ -171,7 +222,7 @@ class RankingClient:
             raise ModelUnavailable(f"model server {self.target} answered outside the signature: {exc!r}") from None
         if len(ranking.score) != n or len(ranking.rating) != n or ranking.attention.ndim != 2:
             raise ModelUnavailable(f"model server {self.target} answered {len(ranking.score)} scores for {n} candidates")
-        return ranking
+        return ranking, out
 
     def next_movies(self, history: list[int], history_len: int, timeout_s: float | None = None) -> list[tuple[int, float]]:
         """The model's ``next_movies`` signature for one history: (movie id, log-probability), best first.

@@ -339,3 +339,41 @@ def test_an_expired_deadline_is_deadline_exceeded_not_degraded(gw: Any, p1_batch
     user_id = _users(p1_batch, redis_client)[0]
     with pytest.raises(DeadlineExceeded):
         gw.gateway.recommend(user_id, 10, deadline=time.monotonic() - 1)
+
+
+def test_rank_ids_is_used_when_exact_and_answers_like_the_full_request(gw: Any, p1_batch: dict, trained: dict,
+                                                                       redis_client: redis.Redis) -> None:
+    """Through the real model server: for the batch version the model was trained on, the gateway's ranking
+    never builds the candidates' feature request (rank_ids); its scores equal serving_default's. For another
+    batch version the full request answers."""
+    import numpy as np
+
+    from model.signature import build_request, build_user_request
+
+    gateway = gw.gateway
+    view = gateway.versions.view()
+    user_id = _users(p1_batch, redis_client, 1)[0]
+    ctx, feats = view.store.user_context(user_id, history_len=gateway.cfg.features.history_len)
+    user = gateway._user_input(user_id, ctx, feats)
+    from model.runs import load_run
+
+    vocab = load_run(trained["run"])[1]  # movies the model knows (a new movie goes to serving_default)
+    ids = [int(m) for m in vocab.movie.values if view.catalog.recommendable(int(m))][:50]
+    assert len(ids) == 50
+    built: list[int] = []
+
+    def full() -> dict:
+        built.append(1)
+        return build_request(user, view.catalog.movie_inputs(ids), gateway.history_len, gateway.title_len)
+
+    by_ids = gateway.ranking.rank_ids(build_user_request(user, gateway.history_len), np.asarray([ids]),
+                                      K.batch_version_of(view.store.version), full, timeout_s=10)
+    assert built == []
+    plain = gateway.ranking.rank(full(), timeout_s=10)
+    np.testing.assert_allclose(by_ids.score, plain.score, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(by_ids.rating, plain.rating, rtol=1e-4, atol=1e-5)
+    built.clear()
+    other = gateway.ranking.rank_ids(build_user_request(user, gateway.history_len), np.asarray([ids]),
+                                     "another-version", full, timeout_s=10)
+    assert built == [1]
+    np.testing.assert_allclose(other.score, plain.score, rtol=1e-5, atol=1e-6)

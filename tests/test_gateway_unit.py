@@ -41,6 +41,7 @@ class ScriptedRanking:
         self.requests: list[dict[str, np.ndarray]] = []
         self.next: list[tuple[int, float]] = []          # what next_movies answers
         self.histories: list[list[int]] = []
+        self.by_ids: list[list[int]] = []                # candidate ids sent through rank_ids
 
     def rank(self, request: dict[str, np.ndarray], timeout_s: float | None = None) -> Ranking:
         if self.down:
@@ -51,6 +52,12 @@ class ScriptedRanking:
         history = request["hist_movie_ids"].shape[1]
         return Ranking(score=score, rating=1.0 + 4.0 * score, attention=np.zeros((len(ids), history), np.float32),
                        model_version=self.version)
+
+    def rank_ids(self, user: dict[str, np.ndarray], movie_ids: np.ndarray, batch_version: str,
+                 full: Any, timeout_s: float | None = None) -> Ranking:
+        """``rank_ids`` answers like ``rank`` (the real client's equality is tests/test_model_export.py's)."""
+        self.by_ids.append([int(m) for m in movie_ids[0]])
+        return self.rank(full(), timeout_s)
 
     def next_movies(self, history: list[int], history_len: int, timeout_s: float | None = None) -> list[tuple[int, float]]:
         """The ``next_movies`` signature: a scripted list, whatever the history."""

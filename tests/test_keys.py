@@ -48,3 +48,9 @@ def test_stream_counters_are_summed_over_shards() -> None:
     assert K.decode_stream_stats({}) == {"applied": 0, "duplicate": 0, "malformed": 0, "consumed": 0}
     with pytest.raises(ValueError, match="unknown"):
         K.stream_stat_field("skipped", 0)
+
+
+def test_batch_version_of_a_published_version() -> None:
+    assert K.batch_version_of("v20261202T042349402Z.17") == "v20261202T042349402Z"
+    assert K.batch_version_of("v20261202T042349402Z") == "v20261202T042349402Z"
+    assert K.batch_version_of("v1.beta") == "v1.beta"

@@ -109,3 +109,36 @@ def test_export_matches_signature_and_keras_model(trained: dict) -> None:
     expect = [m for m in np.asarray(vocab.movie.values)[order] if m not in set(hist[0])][:5]
     assert list(ids[:5]) == expect
     assert float(tf.reduce_min(served["rating"])) >= 0 and float(tf.reduce_max(served["rating"])) <= 5
+
+
+def test_rank_ids_equals_serving_default_on_the_runs_batch_version(trained: dict, tmp_path: Path) -> None:
+    """The precomputed candidate side: rank_ids (user inputs + movie ids) scores like serving_default fed
+    the same batch version's movie features; an unknown movie is flagged, and the batch version is named."""
+    import tensorflow as tf
+
+    from model.baselines import _rows_of
+    from model.evaluate import SignatureScorer, load_p1
+    from model.export import export
+    from model.signature import RANK_IDS_INPUTS, RANK_IDS_OUTPUTS, RANK_IDS_SIGNATURE, as_tensors
+    from pipeline.home import Home
+
+    cfg = trained["cfg"]
+    loaded = tf.saved_model.load(str(export(Home(tmp_path), trained["run"])))
+    fn = loaded.signatures[RANK_IDS_SIGNATURE]
+    assert set(fn.structured_input_signature[1]) == set(RANK_IDS_INPUTS)
+    assert set(fn.structured_outputs) == set(RANK_IDS_OUTPUTS)
+    data = load_p1(cfg)
+    scorer = SignatureScorer("export", loaded.signatures["serving_default"], data, cfg.samples.history_len,
+                             cfg.features.title_max_tokens)
+    users = _rows_of(data.visible)[:3]
+    request = scorer.request(users)  # every catalogue movie, with this batch version's features
+    full = loaded.signatures["serving_default"](**as_tensors(request))
+    by_ids = fn(**{k: v for k, v in as_tensors(request).items() if k in RANK_IDS_INPUTS})
+    known = by_ids["known"].numpy()
+    assert known.shape == request["movie_ids"].shape and known.mean() > 0.5
+    for name in ("score", "rating", "attention"):  # vocabulary movies; the others go to serving_default
+        np.testing.assert_allclose(by_ids[name].numpy()[known], full[name].numpy()[known], rtol=1e-4, atol=1e-5)
+    assert set(by_ids["batch_version"].numpy().astype(str)) == {trained["summary"]["batch_version"]}
+    unknown = fn(**{**{k: v for k, v in as_tensors(scorer.request(users[:1])).items() if k in RANK_IDS_INPUTS},
+                    "movie_ids": tf.constant([[10**9]], tf.int64)})
+    assert not unknown["known"].numpy().any()

@@ -330,3 +330,19 @@ def test_vocab_tables_are_never_shared_between_exports(tmp_path: Path, monkeypat
     assert ints.lookup(tf.constant([10, 20, 99], tf.int64)).numpy().tolist() == [1, 2, -1]
     assert strs.lookup(tf.constant(["a", "b"])).numpy().tolist() == [1, 0]
     assert ints2.lookup(tf.constant([10, 20, 30], tf.int64)).numpy().tolist() == [-1, 0, 1]
+
+
+def test_the_split_ranker_equals_the_whole_one() -> None:
+    """Candidate tower + the rest on its output = the ranker (what the exported rank_ids signature serves)."""
+    from model.ranker import CANDIDATE_INPUTS, split_ranker
+
+    ranker = build_ranker(SPEC, SMALL)
+    batch = {k: tf.constant(v) for k, v in make_batch(seed=3).items()}
+    tower, rest = split_ranker(ranker, SPEC, SMALL)
+    whole = ranker(batch, training=False)
+    cand_vec = tower({n: batch[n] for n in CANDIDATE_INPUTS}, training=False)
+    on_vectors = rest({**{n: v for n, v in batch.items() if n not in CANDIDATE_INPUTS},
+                       "cand_movie_idx": batch["cand_movie_idx"], "cand_vec": cand_vec}, training=False)
+    for k in ("score", "rating", "attention"):
+        np.testing.assert_allclose(on_vectors[k].numpy(), whole[k].numpy(), rtol=1e-5, atol=1e-6)
+    assert "title_cnn" not in {layer.name for layer in rest.layers}
