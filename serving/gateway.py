@@ -75,6 +75,12 @@ def error_code(exc: Exception) -> str | None:
     return next((code for cls, code in ERROR_CODES.items() if isinstance(exc, cls)), None)
 
 
+def _check_deadline(deadline: float | None, stage: str) -> None:
+    """DeadlineExceeded when the caller's deadline has passed (checked between stages: no work for nobody)."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExceeded(f"the deadline passed during {stage}")
+
+
 @dataclass
 class Item:
     movie_id: int
@@ -306,6 +312,7 @@ class Gateway:
             ctx, feats = with_profile(*view.store.user_context(user_id, history_len=self.cfg.features.history_len),
                                       profile)
             stages["features"] = time.perf_counter() - t
+            _check_deadline(deadline, "reading the user's features")
             t = time.perf_counter()
             if not exclude_seen:
                 ctx.exclude = set()
@@ -322,6 +329,7 @@ class Gateway:
                            for name, items in per_channel.items()}
             candidates = R.fuse(per_channel, self.recall_cfg.merged_size)
             stages["recall"] = time.perf_counter() - t
+            _check_deadline(deadline, "recall")
         except StoreUnavailable:
             return self._popular_answer(view, k, wanted, exclude=ctx.exclude if ctx else set())
         self.metrics.candidates.observe(len(candidates))

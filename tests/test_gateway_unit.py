@@ -411,3 +411,25 @@ def test_grpc_health_is_not_serving_until_a_version_is_readable(tmp_path: Path, 
     finally:
         channel.close()
         server.stop(0)
+
+
+def test_a_deadline_passed_between_stages_stops_the_work(tmp_path: Path, store: InMemoryStore,
+                                                         model: ScriptedRanking, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's deadline runs out while the features are read: DeadlineExceeded, and the model is never
+    called (no work for an answer nobody waits for)."""
+    import time
+
+    from serving.gateway import DeadlineExceeded
+
+    gateway = make_gateway(config(tmp_path), store, model)
+    view = gateway.versions.view()
+    read = view.store.user_context
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.05)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(view.store, "user_context", slow)
+    with pytest.raises(DeadlineExceeded, match="features"):
+        gateway.recommend(USER, k=3, deadline=time.monotonic() + 0.01)
+    assert model.requests == [] and model.histories == []
