@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from typing import Any, Iterator, Protocol
 FIELDS = ("event_id", "user_id", "movie_id", "rating", "ts")
 RATING_MIN, RATING_MAX, RATING_STEP = 0.5, 5.0, 0.5  # MovieLens stars (ML-1M uses whole stars only)
 MAX_EVENT_ID = 128
+MAX_IDEMPOTENCY_KEY = 128     # a caller's retry key (a UUID is 36); longer is refused, not truncated
 MAX_ID = 2**31 - 1            # ids are int32 in the batch schema: a larger one could never join anything
 MAX_LINE_BYTES = 4096         # an event is ~100 bytes; a longer line is refused before JSON parsing
 FUTURE_SLACK_S = 86_400       # event times up to a day ahead (clock skew); later ones would move the watermark
@@ -94,11 +96,39 @@ def _check_event_id(value: Any) -> str:
     return value
 
 
+def check_idempotency_key(value: Any) -> str:
+    """A caller's idempotency key: 1..128 printable ASCII characters (space to tilde).
+
+    ASCII only so that the key hashes to the same event id whatever the caller's encoding; bounded so that a
+    gateway's memory of recent keys is bounded too.
+    """
+    if not isinstance(value, str) or not value or len(value) > MAX_IDEMPOTENCY_KEY or \
+            any(not " " <= c <= "~" for c in value):
+        raise EventError(f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters, "
+                         f"got {_short(value)}")
+    return value
+
+
+def keyed_event_id(user_id: int, idempotency_key: str) -> str:
+    """The event id of a rating sent with an idempotency key: the same (user, key) gives the same id in every
+    process, so a retry that reaches another gateway is still one event to the stream job (which drops event
+    ids it has seen). Scoped by user: two users' keys never collide."""
+    text = f"recsys.v1.RecordRating\0{user_id}\0{check_idempotency_key(idempotency_key)}"
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
+
+
 def new_event(user_id: int, movie_id: int, rating: float, ts: int | None = None,
-              event_id: str | None = None) -> RatingEvent:
-    """A validated event with a fresh id (``ts`` defaults to now)."""
-    return RatingEvent(event_id=_check_event_id(event_id) if event_id is not None else uuid.uuid4().hex,
-                       user_id=_int_field("user_id", user_id, 1, MAX_ID),
+              event_id: str | None = None, idempotency_key: str | None = None) -> RatingEvent:
+    """A validated event (``ts`` defaults to now) with ``event_id``, else the id ``keyed_event_id`` derives
+    from ``idempotency_key``, else a fresh random id."""
+    user_id = _int_field("user_id", user_id, 1, MAX_ID)
+    if event_id is not None and idempotency_key is not None:
+        raise EventError("give event_id or idempotency_key, not both")
+    if event_id is not None:
+        event_id = _check_event_id(event_id)
+    elif idempotency_key is not None:
+        event_id = keyed_event_id(user_id, idempotency_key)
+    return RatingEvent(event_id=event_id or uuid.uuid4().hex, user_id=user_id,
                        movie_id=_int_field("movie_id", movie_id, 1, MAX_ID), rating=check_rating(rating),
                        ts=_ts_field(int(time.time()) if ts is None else ts))
 

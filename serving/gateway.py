@@ -34,11 +34,12 @@ from model.signature import UserInput, build_request
 from pipeline import keys as K
 from pipeline import recall as R
 from pipeline.config import Config
-from pipeline.events import EventError, EventLog, new_event
+from pipeline.events import EventError, EventLog, RatingEvent, new_event
 from pipeline.schemas import normalise_genre
 from pipeline.store import NotPublished, OnlineStore, StoreUnavailable
 from serving.blend import blend, cap_genres, distinctive_history, reasons_for
 from serving.catalog import MovieCatalog
+from serving.idempotency import KeyInProgress, KeyReused, RecentKeys
 from serving.metrics import GatewayMetrics
 from serving.profile import Profile, with_profile
 from serving.ranking_client import ModelUnavailable, Ranking, RankingClient
@@ -205,6 +206,7 @@ class Gateway:
         self.recall_cfg = replace(cfg.recall, merged_size=cfg.serving.candidates)
         self.history_len = cfg.samples.history_len
         self.title_len = cfg.features.title_max_tokens
+        self.recent_keys = RecentKeys(cfg.serving.idempotency_keys, cfg.serving.idempotency_hours * 3600.0)
 
     def current_catalog(self) -> MovieCatalog:
         """The movie catalog of the version requests read now (titles for a console, say)."""
@@ -450,16 +452,36 @@ class Gateway:
         return Answer(items=items, degraded=degraded, batch_version=view.store.version)
 
     # --- RecordRating -----------------------------------------------------------------------
-    def record_rating(self, user_id: int, movie_id: int, rating: float, timestamp: int | None = None) -> str:
+    def record_rating(self, user_id: int, movie_id: int, rating: float, timestamp: int | None = None,
+                      idempotency_key: str | None = None) -> str:
+        """Append one rating event; its id is the answer.
+
+        With an ``idempotency_key``, a retry by the same user within ``serving.idempotency_hours`` gets the same
+        event id and appends nothing (in this process); the id is derived from (user, key), so a retry that
+        reaches another gateway appends a duplicate the stream job drops. The same key for a different rating
+        is refused.
+        """
         if self.events is None:
             raise Unavailable("this gateway has no event log configured")
         try:
-            event = new_event(user_id, movie_id, rating, ts=timestamp)
+            event = new_event(user_id, movie_id, rating, ts=timestamp, idempotency_key=idempotency_key)
         except EventError as exc:
             raise InvalidArgument(str(exc)) from None
-        self.events.append(event)
-        self.metrics.events.inc()
+        if idempotency_key is None:
+            self._append(event)
+            return event.event_id
+        try:
+            self.recent_keys.once((event.user_id, idempotency_key), (event.movie_id, event.rating, timestamp),
+                                  lambda: self._append(event))
+        except KeyReused as exc:
+            raise InvalidArgument(f"idempotency_key {idempotency_key!r} {exc} by user {event.user_id}") from None
+        except KeyInProgress as exc:
+            raise Unavailable(f"idempotency_key {idempotency_key!r}: {exc}") from None
         return event.event_id
+
+    def _append(self, event: RatingEvent) -> None:
+        self.events.append(event)  # type: ignore[union-attr] - checked by record_rating
+        self.metrics.events.inc()
 
     # --- health ---------------------------------------------------------------------------
     def can_answer(self) -> bool:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.events import (EventError, SpoolWriter, new_event, parse_event, read_spool, recover_orphans, segments)
+from pipeline.events import (EventError, SpoolWriter, keyed_event_id, new_event, parse_event, read_spool, recover_orphans,
+                             segments)
 
 
 def test_new_event_round_trips_and_validates() -> None:
@@ -22,6 +23,20 @@ def test_new_event_round_trips_and_validates() -> None:
                        ((1, 1, 3.3), "rating"), ((1, 1, float("nan")), "rating"), ((1, 1, True), "rating")]:
         with pytest.raises(EventError, match=words):
             new_event(*bad)
+
+
+def test_an_idempotency_key_gives_the_same_event_id_for_the_same_user_only() -> None:
+    first, retry = new_event(7, 1193, 4.5, idempotency_key="k-1"), new_event(7, 1193, 4.5, idempotency_key="k-1")
+    assert first.event_id == retry.event_id == keyed_event_id(7, "k-1") and len(first.event_id) == 32
+    assert parse_event(first.to_json()) == first
+    assert new_event(8, 1193, 4.5, idempotency_key="k-1").event_id != first.event_id
+    assert new_event(7, 1193, 4.5, idempotency_key="k-2").event_id != first.event_id
+    assert keyed_event_id(7, "~" * 128)                                          # the longest key
+    for bad in ["", "x" * 129, "caf\u00e9", "tab\there", "new\nline", 42]:
+        with pytest.raises(EventError, match="idempotency_key must be 1 to 128 printable ASCII characters"):
+            new_event(7, 1193, 4.5, idempotency_key=bad)  # type: ignore[arg-type]
+    with pytest.raises(EventError, match="not both"):
+        new_event(7, 1193, 4.5, event_id="a", idempotency_key="k")
 
 
 @pytest.mark.parametrize("line, words", [

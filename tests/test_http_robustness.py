@@ -163,6 +163,9 @@ def test_pipelined_requests_are_answered_in_order(gw: Any) -> None:
     ("/api/ratings", {"user_id": 1, "movie_id": 1, "rating": 7}, "rating"),
     ("/api/ratings", {"user_id": 1, "movie_id": 1, "rating": 4, "timestamp": 2 ** 70}, "timestamp"),
     ("/api/ratings", {"user_id": 1, "movie_id": 2 ** 63, "rating": 4}, "movie_id"),
+    ("/api/ratings", {"user_id": 1, "movie_id": 1, "rating": 4, "idempotency_key": 12}, "idempotency_key"),
+    ("/api/ratings", {"user_id": 1, "movie_id": 1, "rating": 4, "idempotency_key": "k" * 129}, "idempotency_key"),
+    ("/api/ratings", {"user_id": 1, "movie_id": 1, "rating": 4, "idempotency_key": "caf\u00e9"}, "idempotency_key"),
 ])
 def test_out_of_range_and_mistyped_values_are_400_naming_the_field(gw: Any, path: str, body: dict, field: str) -> None:
     resp, sock, buf = _exchange(gw.http_port, _post(path, json.dumps(body).encode()))
@@ -193,6 +196,47 @@ def test_query_strings_are_checked_like_bodies(gw: Any) -> None:
         resp, sock, _ = _exchange(gw.http_port, f"GET /api/recommend?{query} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
         assert resp is not None and resp[0] == 400 and field in json.loads(resp[2])["error"]
         sock.close()
+
+
+def test_a_retried_rating_with_its_idempotency_key_is_one_event(gw: Any) -> None:
+    """HTTP and real gRPC on loopback over one gateway with its real spool: a retry with the same key (through
+    either transport) answers the first call's event id and appends nothing; the same key for another rating
+    is INVALID_ARGUMENT naming it; no key means a new event every time."""
+    key = "retry-7f9c0b2e"
+
+    def post(body: dict) -> tuple[int, dict]:
+        resp, sock, _ = _exchange(gw.http_port, _post("/api/ratings", json.dumps(body).encode()))
+        sock.close()
+        assert resp is not None
+        return resp[0], json.loads(resp[2])
+
+    rating = {"user_id": 31, "movie_id": 5, "rating": 4.5, "idempotency_key": key}
+    status, first = post(rating)
+    assert status == 200
+    assert post(rating) == (200, first)
+    with grpc.insecure_channel(gw.grpc_target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        again = stub.RecordRating(pb.RecordRatingRequest(user_id=31, movie_id=5, rating=4.5, idempotency_key=key),
+                                  timeout=10)
+        assert again.event_id == first["event_id"]
+        other_user = stub.RecordRating(pb.RecordRatingRequest(user_id=32, movie_id=5, rating=4.5, idempotency_key=key),
+                                       timeout=10)
+        assert other_user.event_id != first["event_id"]
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RecordRating(pb.RecordRatingRequest(user_id=31, movie_id=5, rating=2.0, idempotency_key=key), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "idempotency_key" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RecordRating(pb.RecordRatingRequest(user_id=31, movie_id=5, rating=4.5, idempotency_key=""), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "idempotency_key" in err.value.details()
+        plain = [stub.RecordRating(pb.RecordRatingRequest(user_id=31, movie_id=5, rating=4.5), timeout=10).event_id
+                 for _ in range(2)]
+        assert len(set(plain)) == 2
+    gw.events.flush()
+    from pipeline.events import read_spool
+
+    ids = [json.loads(line)["event_id"] for line in read_spool(gw.gateway.cfg.events.spool_dir)]
+    assert ids.count(first["event_id"]) == 1 and ids.count(other_user.event_id) == 1
+    assert set(plain) <= set(ids)
 
 
 # --- methods, types, sizes -----------------------------------------------------------------------
