@@ -6,11 +6,18 @@ before anything is written), the stream job parses each line with ``parse_event`
 (invalid lines go to the dead-letter place with the ``EventError`` text as reason).
 
 The embedded event log is a *spool directory*: ``SpoolWriter`` appends JSON lines to a
-hidden in-progress file (``.seg-*``; Flink's FileSource skips names starting with
-``.``) and rolls it every ``events.roll_seconds`` or ``events.roll_events`` by an
-atomic rename to ``events-<ms>-<pid>-<seq>.jsonl``, so a reader never sees half a
+hidden in-progress file (``.seg-<writer>-<seq>``; Flink's FileSource skips names starting
+with ``.``) and rolls it every ``events.roll_seconds`` or ``events.roll_events`` by an
+atomic rename to ``events-<ms>-<writer>-<seq>.jsonl``, so a reader never sees half a
 segment. Names sort by time, so replaying a spool in name order is replaying it in
 write order. In production the log is a Kafka topic with the same JSON values.
+
+Crashed writers: each writer has an id unique to its start (``<pid>-<start ms>-<random>``)
+and holds an exclusive ``flock`` on ``.writer-<writer>.lock`` while it runs. The kernel
+drops the lock when the process dies, however it dies, so a writer starting later takes
+over (publishes) the open segment of any writer whose lock is free. Pid liveness would be
+wrong: a restarted container's gateway is PID 1 again, and would take its dead
+predecessor's segment for its own, live one.
 
 Example::
 
@@ -22,11 +29,14 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -42,6 +52,7 @@ MAX_ID = 2**31 - 1            # ids are int32 in the batch schema: a larger one 
 MAX_LINE_BYTES = 4096         # an event is ~100 bytes; a longer line is refused before JSON parsing
 FUTURE_SLACK_S = 86_400       # event times up to a day ahead (clock skew); later ones would move the watermark
 SEGMENT_PREFIX, SEGMENT_SUFFIX, IN_PROGRESS_PREFIX = "events-", ".jsonl", ".seg-"
+WRITER_LOCK_PREFIX, WRITER_LOCK_SUFFIX = ".writer-", ".lock"
 
 
 class EventError(ValueError):
@@ -200,6 +211,8 @@ class SpoolWriter:
         self._opened = 0.0
         self._seq = 0
         self._closed = threading.Event()
+        self.writer_id = new_writer_id()
+        self._writer_lock = hold_writer_lock(self.directory, self.writer_id)
         recover_orphans(self.directory)
         self._timer = threading.Thread(target=self._roll_on_time, name="spool-roller", daemon=True)
         self._timer.start()
@@ -213,7 +226,7 @@ class SpoolWriter:
                 self._roll()  # a roll that failed is retried first (an OSError here refuses this event)
             if self._file is None:
                 self._seq += 1
-                self._path = self.directory / f"{IN_PROGRESS_PREFIX}{os.getpid()}-{self._seq:06d}"
+                self._path = self.directory / f"{IN_PROGRESS_PREFIX}{self.writer_id}-{self._seq:06d}"
                 self._file = open(self._path, "a", encoding="utf-8")
                 self._opened = time.monotonic()
             self._file.write(line)
@@ -233,7 +246,7 @@ class SpoolWriter:
         if not self._file.closed:  # closed already: an earlier roll failed after closing; finish that one
             os.fsync(self._file.fileno())
             self._file.close()
-        final = self.directory / f"{SEGMENT_PREFIX}{int(time.time() * 1000):013d}-{os.getpid()}-{self._seq:06d}{SEGMENT_SUFFIX}"
+        final = self.directory / f"{SEGMENT_PREFIX}{int(time.time() * 1000):013d}-{self.writer_id}-{self._seq:06d}{SEGMENT_SUFFIX}"
         os.rename(self._path, final)  # type: ignore[arg-type]
         _fsync_dir(self.directory)
         self._file, self._path, self._count = None, None, 0
@@ -255,9 +268,14 @@ class SpoolWriter:
                 logging.getLogger("recsys.events").warning("spool roll failed, retrying: %s", exc)
 
     def close(self) -> None:
+        """Roll the open segment, then give up the writer lock (kept when the roll fails: the segment
+        is then published by the next writer once this process has exited)."""
         with self._lock:
             self._roll()
             self._closed.set()
+            if self._writer_lock is not None:
+                release_writer_lock(self.directory, self.writer_id, self._writer_lock)
+                self._writer_lock = None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -268,23 +286,98 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def new_writer_id() -> str:
+    """An id no other writer start has had: the pid alone repeats (PID 1 in every container start)."""
+    return f"{os.getpid()}-{int(time.time() * 1000):013d}-{secrets.token_hex(4)}"
+
+
+def _writer_lock_path(directory: Path, writer_id: str) -> Path:
+    return directory / f"{WRITER_LOCK_PREFIX}{writer_id}{WRITER_LOCK_SUFFIX}"
+
+
+def hold_writer_lock(directory: Path, writer_id: str) -> int:
+    """Create the writer's lock file and hold an exclusive flock on it; returns the descriptor to keep open.
+
+    The descriptor is not inherited by child processes (``os.open`` makes it non-inheritable), so a model
+    server spawned by the gateway cannot keep a dead gateway's lock alive.
+    """
+    fd = os.open(_writer_lock_path(directory, writer_id), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, json.dumps({"pid": os.getpid(), "started": time.time()}).encode())
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def release_writer_lock(directory: Path, writer_id: str, fd: int) -> None:
+    """Remove the lock file while still holding it, then drop the lock (a clean stop leaves nothing behind)."""
+    with contextlib.suppress(FileNotFoundError):
+        _writer_lock_path(directory, writer_id).unlink()
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def _lock_if_gone(directory: Path, writer_id: str) -> Iterator[bool]:
+    """True (holding the writer's lock while inside) when the writer no longer runs, False while it does.
+
+    A free lock means its process is gone: the kernel releases a flock when the last descriptor closes, on a
+    crash or ``kill -9`` too. No lock file: a writer of the pid-only naming of earlier versions (digits alone,
+    judged by pid, never our own: a predecessor of this process), or one whose segments another writer is
+    publishing right now (the renames below then find nothing).
+    """
+    path = _writer_lock_path(directory, writer_id)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        yield not (writer_id.isdigit() and int(writer_id) != os.getpid() and _pid_alive(int(writer_id)))
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            gone = True
+        except BlockingIOError:
+            gone = False
+        yield gone
+        if gone:  # every segment published: the lock file goes (while still locked, so no one takes it over)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    finally:
+        os.close(fd)
+
+
 def recover_orphans(directory: Path) -> list[Path]:
-    """Publish in-progress segments left by dead writer processes (their events were accepted)."""
-    recovered = []
+    """Publish the in-progress segments of writers that no longer run (their events were accepted), and
+    remove those writers' lock files. A running writer's segment (its lock held) is never touched."""
+    directory = Path(directory)
+    by_writer: dict[str, list[Path]] = {}
     for path in sorted(directory.glob(f"{IN_PROGRESS_PREFIX}*")):
-        pid = int(path.name[len(IN_PROGRESS_PREFIX):].split("-")[0] or 0)
-        if pid and _alive(pid):
-            continue
-        final = directory / f"{SEGMENT_PREFIX}{int(path.stat().st_mtime * 1000):013d}-{pid}-r{path.name.rsplit('-', 1)[-1]}{SEGMENT_SUFFIX}"
-        os.rename(path, final)
-        recovered.append(final)
+        by_writer.setdefault(path.name[len(IN_PROGRESS_PREFIX):].rsplit("-", 1)[0], []).append(path)
+    for lock in directory.glob(f"{WRITER_LOCK_PREFIX}*{WRITER_LOCK_SUFFIX}"):
+        by_writer.setdefault(lock.name[len(WRITER_LOCK_PREFIX):-len(WRITER_LOCK_SUFFIX)], [])
+    recovered = []
+    for writer_id, paths in sorted(by_writer.items()):
+        with _lock_if_gone(directory, writer_id) as gone:
+            if not gone:
+                continue
+            for path in paths:
+                seq = path.name.rsplit("-", 1)[-1]
+                try:
+                    final = directory / f"{SEGMENT_PREFIX}{int(path.stat().st_mtime * 1000):013d}-{writer_id}-r{seq}{SEGMENT_SUFFIX}"
+                    os.rename(path, final)
+                except FileNotFoundError:  # published by another writer starting at the same moment
+                    continue
+                recovered.append(final)
+    if recovered:
+        _fsync_dir(directory)
     return recovered
 
 
-def _alive(pid: int) -> bool:
+def _pid_alive(pid: int) -> bool:
     from pipeline.redis_server import pid_alive
 
-    return pid == os.getpid() or pid_alive(pid)
+    return pid_alive(pid)
 
 
 def segments(directory: Path) -> list[Path]:

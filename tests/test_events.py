@@ -92,6 +92,56 @@ def test_a_dead_writers_segment_is_recovered(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == [p.name for p in segments(tmp_path)]
 
 
+def _left_behind(directory: Path, writer_id: str, movie_id: int, lock_file: bool = True) -> Path:
+    """What a writer killed mid-segment leaves: its open segment and (newer writers) its lock file, unlocked."""
+    segment = directory / f".seg-{writer_id}-000001"
+    segment.write_text(new_event(1, movie_id, 3.0, ts=5).to_json() + "\n")
+    if lock_file:
+        (directory / f".writer-{writer_id}.lock").write_text("{}")
+    return segment
+
+
+def test_a_crashed_writer_with_our_own_pid_is_recovered(tmp_path: Path) -> None:
+    """PID 1 in a restarted container: the predecessor had this very pid, and its segment is still published."""
+    _left_behind(tmp_path, f"{os.getpid()}-0000000000001-deadbeef", 2)
+    _left_behind(tmp_path, str(os.getpid()), 3, lock_file=False)       # the pid-only naming of earlier versions
+    spool = SpoolWriter(tmp_path, roll_seconds=3600, roll_events=100)
+    try:
+        assert sorted(json.loads(x)["movie_id"] for x in read_spool(tmp_path)) == [2, 3]
+        assert spool.writer_id.startswith(f"{os.getpid()}-") and spool.writer_id != f"{os.getpid()}-0000000000001-deadbeef"
+        assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("events-")] == \
+            [f".writer-{spool.writer_id}.lock"]                        # the dead writer's lock file is gone
+        other = SpoolWriter(tmp_path, roll_seconds=3600, roll_events=100)   # a second writer in this process
+        assert other.writer_id != spool.writer_id and recover_orphans(tmp_path) == []
+        other.close()
+    finally:
+        spool.close()
+    assert sorted(os.listdir(tmp_path)) == [p.name for p in segments(tmp_path)]  # clean stops leave no lock file
+
+
+def test_a_running_writers_segment_is_never_taken(tmp_path: Path) -> None:
+    """Another process runs a writer with an open segment: neither a new writer nor a recovery touches it
+    while that process lives; once it is killed (-9: no clean-up), its lock is free and the segment is published."""
+    code = ("import sys, os; sys.path.insert(0, os.getcwd()); from pathlib import Path; "
+            "from pipeline.events import SpoolWriter, new_event; "
+            f"s = SpoolWriter(Path({str(tmp_path)!r}), roll_seconds=3600, roll_events=100); "
+            "s.append(new_event(1, 7, 3.0, ts=5)); print('ready', flush=True); sys.stdin.read()")
+    live = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert live.stdout is not None and live.stdout.readline().strip() == "ready"
+        open_segment = next(p for p in tmp_path.iterdir() if p.name.startswith(".seg-"))
+        spool = SpoolWriter(tmp_path, roll_seconds=3600, roll_events=100)
+        assert recover_orphans(tmp_path) == [] and open_segment.exists() and not segments(tmp_path)
+        spool.close()
+    finally:
+        live.kill()
+        live.wait(30)
+    assert [p.name.startswith("events-") for p in recover_orphans(tmp_path)] == [True]
+    assert [json.loads(x)["movie_id"] for x in read_spool(tmp_path)] == [7]
+    assert os.listdir(tmp_path) == [p.name for p in segments(tmp_path)]
+
+
 def test_the_roller_survives_an_io_error_and_rolls_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
     import time
