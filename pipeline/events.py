@@ -194,6 +194,8 @@ def dead_letter_dir(cfg: Any) -> Path:
 class EventLog(Protocol):
     def append(self, event: RatingEvent) -> None: ...
 
+    def health(self) -> dict[str, Any]: ...
+
     def close(self) -> None: ...
 
 
@@ -211,6 +213,8 @@ class SpoolWriter:
         self._opened = 0.0
         self._seq = 0
         self._closed = threading.Event()
+        self._failing_since: float | None = None  # wall clock of the first I/O error since the last success
+        self._last_error = ""
         self.writer_id = new_writer_id()
         self._writer_lock = hold_writer_lock(self.directory, self.writer_id)
         recover_orphans(self.directory)
@@ -224,13 +228,14 @@ class SpoolWriter:
                 raise RuntimeError("the event spool is closed")
             if self._file is not None and self._file.closed:
                 self._roll()  # a roll that failed is retried first (an OSError here refuses this event)
-            if self._file is None:
-                self._seq += 1
-                self._path = self.directory / f"{IN_PROGRESS_PREFIX}{self.writer_id}-{self._seq:06d}"
-                self._file = open(self._path, "a", encoding="utf-8")
-                self._opened = time.monotonic()
-            self._file.write(line)
-            self._file.flush()  # accepted = in the OS page cache; a crashed process's segment is recovered
+            with self._tracked():
+                if self._file is None:
+                    self._seq += 1
+                    self._path = self.directory / f"{IN_PROGRESS_PREFIX}{self.writer_id}-{self._seq:06d}"
+                    self._file = open(self._path, "a", encoding="utf-8")
+                    self._opened = time.monotonic()
+                self._file.write(line)
+                self._file.flush()  # accepted = in the OS page cache; a crashed process's segment is recovered
             self._count += 1
             if self._count >= self.roll_events:
                 self._roll()
@@ -243,13 +248,39 @@ class SpoolWriter:
         """
         if self._file is None:
             return
-        if not self._file.closed:  # closed already: an earlier roll failed after closing; finish that one
-            os.fsync(self._file.fileno())
-            self._file.close()
-        final = self.directory / f"{SEGMENT_PREFIX}{int(time.time() * 1000):013d}-{self.writer_id}-{self._seq:06d}{SEGMENT_SUFFIX}"
-        os.rename(self._path, final)  # type: ignore[arg-type]
-        _fsync_dir(self.directory)
+        with self._tracked():
+            if not self._file.closed:  # closed already: an earlier roll failed after closing; finish that one
+                os.fsync(self._file.fileno())
+                self._file.close()
+            final = self.directory / f"{SEGMENT_PREFIX}{int(time.time() * 1000):013d}-{self.writer_id}-{self._seq:06d}{SEGMENT_SUFFIX}"
+            os.rename(self._path, final)  # type: ignore[arg-type]
+            _fsync_dir(self.directory)
         self._file, self._path, self._count = None, None, 0
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        """Remember whether the spool's I/O works: the first error starts 'failing', the next success ends it."""
+        try:
+            yield
+        except OSError as exc:
+            if self._failing_since is None:
+                self._failing_since = time.time()
+            self._last_error = str(exc) or type(exc).__name__
+            raise
+        self._failing_since = None
+
+    def health(self) -> dict[str, Any]:
+        """The spool's state for ``/healthz``: 'ok', or 'failing' with the last I/O error and since when (UTC),
+        plus the events not yet rolled visible and the in-progress segments in the directory (this writer's
+        and orphans not yet published). Read without the writer's lock: a stuck fsync must not stall health."""
+        since = self._failing_since
+        state: dict[str, Any] = {"log": "spool", "state": "ok" if since is None else "failing",
+                                 "pending_events": self._count if self._file is not None else 0,
+                                 "pending_segments": sum(1 for _ in self.directory.glob(f"{IN_PROGRESS_PREFIX}*"))}
+        if since is not None:
+            state["last_error"] = self._last_error
+            state["failing_since"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+        return state
 
     def flush(self) -> None:
         """Close the open segment now (tests and shutdown; normally time or size rolls it)."""
@@ -413,6 +444,10 @@ class KafkaEventLog:
             raise ValueError("events.log = 'kafka' needs the kafka-python package: pip install kafka-python") from None
         self.topic = topic
         self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all")
+
+    def health(self) -> dict[str, Any]:
+        """What this side knows: the producer's own retries and acks=all decide delivery (no local state)."""
+        return {"log": "kafka", "topic": self.topic}
 
     def append(self, event: RatingEvent) -> None:
         self.producer.send(self.topic, key=str(event.user_id).encode(), value=event.to_json().encode()).get(timeout=5)

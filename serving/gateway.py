@@ -454,13 +454,8 @@ class Gateway:
     # --- RecordRating -----------------------------------------------------------------------
     def record_rating(self, user_id: int, movie_id: int, rating: float, timestamp: int | None = None,
                       idempotency_key: str | None = None) -> str:
-        """Append one rating event; its id is the answer.
-
-        With an ``idempotency_key``, a retry by the same user within ``serving.idempotency_hours`` gets the same
-        event id and appends nothing (in this process); the id is derived from (user, key), so a retry that
-        reaches another gateway appends a duplicate the stream job drops. The same key for a different rating
-        is refused.
-        """
+        """Append one rating event, answer its id. A keyed retry appends nothing here, and its id, derived from
+        (user, key), lets the stream job drop one that reached another gateway (serving/README.md)."""
         if self.events is None:
             raise Unavailable("this gateway has no event log configured")
         try:
@@ -480,7 +475,10 @@ class Gateway:
         return event.event_id
 
     def _append(self, event: RatingEvent) -> None:
-        self.events.append(event)  # type: ignore[union-attr] - checked by record_rating
+        try:
+            self.events.append(event)  # type: ignore[union-attr] - checked by record_rating
+        except OSError as exc:  # the spool's disk: nothing was accepted, a retry (same key) is safe
+            raise Unavailable(f"the event log cannot be written ({exc}); retry later") from None
         self.metrics.events.inc()
 
     # --- health ---------------------------------------------------------------------------
@@ -508,5 +506,7 @@ class Gateway:
         except ModelUnavailable:
             pass
         status["model_breaker"] = getattr(getattr(self.ranking, "breaker", None), "state", "closed")
-        status["status"] = "ok" if status["redis"] and status["model"] else "degraded"
+        status["events"] = self.events.health() if self.events is not None else None
+        events_ok = status["events"] is None or status["events"].get("state") != "failing"
+        status["status"] = "ok" if status["redis"] and status["model"] and events_ok else "degraded"
         return status

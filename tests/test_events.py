@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import subprocess
@@ -92,6 +93,42 @@ def test_a_dead_writers_segment_is_recovered(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == [p.name for p in segments(tmp_path)]
 
 
+def test_the_spool_health_says_failing_with_the_error_and_since_when_until_a_roll_succeeds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import events as E
+
+    broken: list[bool] = [False]
+    real_rename = os.rename
+
+    def rename(src, dst):  # noqa: ANN001, ANN202 - an injected disk error while broken[0]
+        if broken[0]:
+            raise OSError(28, "No space left on device (simulated)")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(E.os, "rename", rename)
+    spool = SpoolWriter(tmp_path, roll_seconds=3600, roll_events=1000)
+    try:
+        spool.append(new_event(1, 2, 4.0))
+        assert spool.health() == {"log": "spool", "state": "ok", "pending_events": 1, "pending_segments": 1}
+        broken[0] = True
+        before = time.time()
+        with pytest.raises(OSError):
+            spool.flush()
+        failing = spool.health()
+        assert failing["state"] == "failing" and "No space left on device" in failing["last_error"]
+        since = calendar.timegm(time.strptime(failing["failing_since"], "%Y-%m-%dT%H:%M:%SZ"))
+        assert before - 1 <= since <= time.time() + 1 and failing["pending_events"] == 1
+        with pytest.raises(OSError):
+            spool.flush()
+        assert spool.health()["failing_since"] == failing["failing_since"]      # since the first failure
+        broken[0] = False
+        spool.flush()
+        assert spool.health() == {"log": "spool", "state": "ok", "pending_events": 0, "pending_segments": 0}
+        assert len(list(read_spool(tmp_path))) == 1
+    finally:
+        spool.close()
+
+
 def _left_behind(directory: Path, writer_id: str, movie_id: int, lock_file: bool = True) -> Path:
     """What a writer killed mid-segment leaves: its open segment and (newer writers) its lock file, unlocked."""
     segment = directory / f".seg-{writer_id}-000001"
@@ -166,6 +203,7 @@ def test_the_roller_survives_an_io_error_and_rolls_again(tmp_path: Path, monkeyp
             time.sleep(0.05)
         assert failures and spool._timer.is_alive()
         assert [parse_event(x) for x in read_spool(tmp_path)] == [first]       # retried, nothing lost
+        assert spool.health() == {"log": "spool", "state": "ok", "pending_events": 0, "pending_segments": 0}
         second = new_event(1, 3, 5.0)
         spool.append(second)
         spool.flush()

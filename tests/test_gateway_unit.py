@@ -77,6 +77,9 @@ class ListLog:
     def append(self, event: RatingEvent) -> None:
         self.events.append(event)
 
+    def health(self) -> dict[str, Any]:
+        return {"log": "list", "state": "ok"}
+
     def close(self) -> None:
         pass
 

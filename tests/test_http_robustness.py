@@ -239,6 +239,52 @@ def test_a_retried_rating_with_its_idempotency_key_is_one_event(gw: Any) -> None
     assert set(plain) <= set(ids)
 
 
+def test_healthz_shows_the_spool_failing_and_recovering(gw: Any) -> None:
+    """A real fault: the spool directory vanishes under an open segment (moved away), so rolls fail; /healthz
+    says so (status degraded, the error, since when, what is pending) and RecordRating is UNAVAILABLE (nothing
+    accepted, so a retry is safe); moved back, the roller's retry
+    publishes the segment and /healthz is ok again."""
+    import time
+
+    spool = Path(gw.gateway.cfg.events.spool_dir)
+
+    def events_health() -> dict:
+        resp, sock, _ = _exchange(gw.http_port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.close()
+        assert resp is not None
+        return json.loads(resp[2])
+
+    def wait_for(state: str) -> dict:
+        end = time.monotonic() + 30
+        while (health := events_health())["events"]["state"] != state and time.monotonic() < end:
+            time.sleep(0.1)
+        return health
+
+    gw.events.flush()
+    assert events_health()["events"]["state"] == "ok"
+    resp, sock, _ = _exchange(gw.http_port, _post("/api/ratings", json.dumps(
+        {"user_id": 41, "movie_id": 5, "rating": 3.5}).encode()))
+    sock.close()
+    assert resp is not None and resp[0] == 200
+    event_id = json.loads(resp[2])["event_id"]
+    spool.rename(spool.with_name("spool-away"))
+    try:
+        health = wait_for("failing")
+        assert health["status"] == "degraded" and health["events"]["state"] == "failing"
+        assert "No such file or directory" in health["events"]["last_error"] and health["events"]["failing_since"]
+        assert health["events"]["pending_events"] == 1
+        resp, sock, _ = _exchange(gw.http_port, _post("/api/ratings", json.dumps(
+            {"user_id": 41, "movie_id": 6, "rating": 3.5}).encode()))
+        sock.close()
+        assert resp is not None and resp[0] == 503 and json.loads(resp[2])["code"] == "UNAVAILABLE"  # retry later
+    finally:
+        spool.with_name("spool-away").rename(spool)
+    assert wait_for("ok")["events"] == {"log": "spool", "state": "ok", "pending_events": 0, "pending_segments": 0}
+    from pipeline.events import read_spool
+
+    assert event_id in [json.loads(line)["event_id"] for line in read_spool(spool)]
+
+
 # --- methods, types, sizes -----------------------------------------------------------------------
 def test_writes_are_post_only_with_json(gw: Any) -> None:
     resp, sock, _ = _exchange(gw.http_port, b"GET /api/ratings?user_id=1&movie_id=1&rating=5 HTTP/1.1\r\nHost: t\r\n\r\n")
