@@ -30,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -332,13 +331,13 @@ def hold_writer_lock(directory: Path, writer_id: str) -> int:
     The descriptor is not inherited by child processes (``os.open`` makes it non-inheritable), so a model
     server spawned by the gateway cannot keep a dead gateway's lock alive.
     """
-    fd = os.open(_writer_lock_path(directory, writer_id), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, json.dumps({"pid": os.getpid(), "started": time.time()}).encode())
-    except OSError:
-        os.close(fd)
-        raise
+    from pipeline.home import try_flock
+
+    path = _writer_lock_path(directory, writer_id)
+    fd = try_flock(path)
+    if fd is None:  # cannot happen for a fresh id, unless someone copied this writer's lock file name
+        raise OSError(f"{path} is held by another process")
+    os.write(fd, json.dumps({"pid": os.getpid(), "started": time.time()}).encode())
     return fd
 
 
@@ -358,22 +357,22 @@ def _lock_if_gone(directory: Path, writer_id: str) -> Iterator[bool]:
     judged by pid, never our own: a predecessor of this process), or one whose segments another writer is
     publishing right now (the renames below then find nothing).
     """
+    from pipeline.home import try_flock
+
     path = _writer_lock_path(directory, writer_id)
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = try_flock(path, create=False)
     except FileNotFoundError:
         yield not (writer_id.isdigit() and int(writer_id) != os.getpid() and _pid_alive(int(writer_id)))
         return
+    if fd is None:
+        yield False
+        return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            gone = True
-        except BlockingIOError:
-            gone = False
-        yield gone
-        if gone:  # every segment published: the lock file goes (while still locked, so no one takes it over)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        yield True
+        # every segment published: the lock file goes (while still locked, so no one takes it over)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
     finally:
         os.close(fd)
 
