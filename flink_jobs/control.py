@@ -34,6 +34,7 @@ from pipeline import keys as K
 from pipeline.config import Config, config_toml
 from pipeline.events import IN_PROGRESS_PREFIX, segments, spool_dir
 from pipeline.home import Home, atomic_write_text
+from pipeline.redis_server import display_url
 
 from flink_jobs.checkpoints import checkpoint_dir, latest_checkpoint, prune
 from flink_jobs.rating_features import JOB_NAME, build, check_setup, make_env
@@ -169,7 +170,7 @@ def run_foreground(cfg: Config, redis_url: str | None = None, restore: bool = Tr
     for old in prune(ckpt_dir, keep=restore_from if restore else latest_checkpoint(ckpt_dir)):
         log(f"removed old checkpoints {old}")
     log(f"reading {_source_text(cfg)}")
-    log(f"writing Redis {url} (key prefix {cfg.redis.key_prefix!r}); dead letters to "
+    log(f"writing Redis {display_url(url)} (key prefix {cfg.redis.key_prefix!r}); dead letters to "
         f"{Home(cfg.home).dead_letter if not cfg.events.dead_letter_dir else cfg.events.dead_letter_dir}")
     log(f"checkpoints every {cfg.stream.checkpoint_interval_ms} ms in {ckpt_dir}; "
         f"{'restoring from ' + str(restore_from) if restore_from else 'starting from empty state'}")

@@ -224,6 +224,8 @@ class ServingConfig:
     rank_cold_start: bool = _f(False, "Re-rank cold-start users' lists with the model (off: their recall order stands; the model's cold-user slice measured below popularity).")
     max_k: int = _f(100, "Largest k a caller may ask for.")
     version_check_seconds: float = _f(1.0, "How often the gateway checks Redis for a newly published batch version.")
+    idempotency_keys: int = _f(100_000, "RecordRating idempotency keys one gateway process remembers (the oldest are forgotten first); a retry with a remembered key appends nothing.")
+    idempotency_hours: float = _f(24.0, "How long a gateway remembers a RecordRating idempotency key. Beyond it (or in another gateway process) a retry is appended again with the same event id, which the stream job drops within stream.dedup_ttl_hours.")
     api_token: str = _f("", "Bearer token service callers send (gRPC metadata or HTTP header 'authorization: Bearer <token>') for every recsys.v1 call and /api; empty = no token, allowed only while bind is loopback.")
     http_read_timeout_seconds: float = _f(5.0, "HTTP: a request's head and body must arrive within this many seconds of its first byte (or of the connection), else 408 and close.")
     http_keep_alive_seconds: int = _f(5, "HTTP: an idle keep-alive connection is closed after this many seconds.")
@@ -388,7 +390,8 @@ def _validate(cfg: Config) -> None:
                 ("serving", "deadline_ms"), ("serving", "redis_timeout_ms"), ("serving", "model_timeout_ms"),
                 ("serving", "model_breaker_seconds"),
                 ("serving", "candidates"), ("serving", "max_k"), ("serving", "max_batch"), ("serving", "genre_cap"),
-                ("serving", "model_poll_seconds"), ("serving", "version_check_seconds"), ("serving", "http_read_timeout_seconds"),
+                ("serving", "model_poll_seconds"), ("serving", "version_check_seconds"),
+                ("serving", "idempotency_keys"), ("serving", "idempotency_hours"), ("serving", "http_read_timeout_seconds"),
                 ("serving", "http_keep_alive_seconds"), ("serving", "http_max_connections"),
                 ("serving", "http_max_body_bytes"), ("web", "session_days"), ("web", "account_id_base"),
                 ("web", "login_attempts"), ("web", "login_window_seconds"), ("web", "page_size"), ("stream", "parallelism"),

@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -38,12 +39,54 @@ class HomeLocked(RuntimeError):
     """Another process holds one of the home's locks; the message names it."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small file so that readers see the old or the new content, never half."""
+def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write a small file so that readers see the old or the new content, never half (``mode`` from its
+    creation on: a secret is never readable by others, not even for a moment)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", encoding="utf-8") as out:
+        out.write(text)
     os.replace(tmp, path)
+
+
+def secret_file(path: Path, nbytes: int = 32) -> str:
+    """A random secret generated once into ``path`` (mode 0600) and reused; a file others could read is
+    tightened to 0600. Two processes creating it at once agree on one (``link`` never replaces a file)."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
+            out.write(secrets.token_urlsafe(nbytes))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: theirs is the secret
+        finally:
+            tmp.unlink()
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return path.read_text(encoding="utf-8").strip()
+
+
+def try_flock(path: Path, create: bool = True) -> int | None:
+    """An open descriptor of ``path`` holding an exclusive ``flock``, or None while another holder has it.
+
+    The kernel releases the lock when the descriptor closes, also when its process dies (``kill -9``
+    included), so a free lock means its holder is gone. ``create=False`` raises ``FileNotFoundError``
+    for a missing file instead of creating one.
+    """
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def model_versions(base: Path, complete_only: bool = True) -> dict[int, Path]:
@@ -132,13 +175,13 @@ class Home:
         """
         self.locks.mkdir(parents=True, exist_ok=True)
         path = self.locks / f"{name}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = try_flock(path)
+        if fd is None:
+            holder = ""
+            with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8", errors="replace") as fh:
+                holder = fh.read(4096).strip()
+            raise HomeLocked(f"{path} is held by {holder or 'another process'}")
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-                raise HomeLocked(f"{path} is held by {holder or 'another process'}") from None
             info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime(
                 "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "what": what}
             os.ftruncate(fd, 0)

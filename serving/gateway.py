@@ -34,11 +34,12 @@ from model.signature import UserInput, build_request, build_user_request
 from pipeline import keys as K
 from pipeline import recall as R
 from pipeline.config import Config
-from pipeline.events import EventError, EventLog, new_event
+from pipeline.events import EventError, EventLog, RatingEvent, new_event
 from pipeline.schemas import normalise_genre
 from pipeline.store import NotPublished, OnlineStore, StoreUnavailable
 from serving.blend import blend, cap_genres, distinctive_history, reasons_for
 from serving.catalog import MovieCatalog
+from serving.idempotency import KeyInProgress, KeyReused, RecentKeys
 from serving.metrics import GatewayMetrics
 from serving.profile import Profile, with_profile
 from serving.ranking_client import ModelUnavailable, Ranking, RankingClient
@@ -211,6 +212,7 @@ class Gateway:
         self.recall_cfg = replace(cfg.recall, merged_size=cfg.serving.candidates)
         self.history_len = cfg.samples.history_len
         self.title_len = cfg.features.title_max_tokens
+        self.recent_keys = RecentKeys(cfg.serving.idempotency_keys, cfg.serving.idempotency_hours * 3600.0)
 
     def current_catalog(self) -> MovieCatalog:
         """The movie catalog of the version requests read now (titles for a console, say)."""
@@ -465,16 +467,34 @@ class Gateway:
         return Answer(items=items, degraded=degraded, batch_version=view.store.version)
 
     # --- RecordRating -----------------------------------------------------------------------
-    def record_rating(self, user_id: int, movie_id: int, rating: float, timestamp: int | None = None) -> str:
+    def record_rating(self, user_id: int, movie_id: int, rating: float, timestamp: int | None = None,
+                      idempotency_key: str | None = None) -> str:
+        """Append one rating event, answer its id. A keyed retry appends nothing here, and its id, derived from
+        (user, key), lets the stream job drop one that reached another gateway (serving/README.md)."""
         if self.events is None:
             raise Unavailable("this gateway has no event log configured")
         try:
-            event = new_event(user_id, movie_id, rating, ts=timestamp)
+            event = new_event(user_id, movie_id, rating, ts=timestamp, idempotency_key=idempotency_key)
         except EventError as exc:
             raise InvalidArgument(str(exc)) from None
-        self.events.append(event)
-        self.metrics.events.inc()
+        if idempotency_key is None:
+            self._append(event)
+            return event.event_id
+        try:
+            self.recent_keys.once((event.user_id, idempotency_key), (event.movie_id, event.rating, timestamp),
+                                  lambda: self._append(event))
+        except KeyReused as exc:
+            raise InvalidArgument(f"idempotency_key {idempotency_key!r} {exc} by user {event.user_id}") from None
+        except KeyInProgress as exc:
+            raise Unavailable(f"idempotency_key {idempotency_key!r}: {exc}") from None
         return event.event_id
+
+    def _append(self, event: RatingEvent) -> None:
+        try:
+            self.events.append(event)  # type: ignore[union-attr] - checked by record_rating
+        except OSError as exc:  # the spool's disk: nothing was accepted, a retry (same key) is safe
+            raise Unavailable(f"the event log cannot be written ({exc}); retry later") from None
+        self.metrics.events.inc()
 
     # --- health ---------------------------------------------------------------------------
     def can_answer(self) -> bool:
@@ -501,5 +521,7 @@ class Gateway:
         except ModelUnavailable:
             pass
         status["model_breaker"] = getattr(getattr(self.ranking, "breaker", None), "state", "closed")
-        status["status"] = "ok" if status["redis"] and status["model"] else "degraded"
+        status["events"] = self.events.health() if self.events is not None else None
+        events_ok = status["events"] is None or status["events"].get("state") != "failing"
+        status["status"] = "ok" if status["redis"] and status["model"] and events_ok else "degraded"
         return status

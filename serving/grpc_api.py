@@ -97,8 +97,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def RecordRating(self, request: pb.RecordRatingRequest, context: grpc.ServicerContext) -> pb.RecordRatingResponse:
         def run() -> pb.RecordRatingResponse:
             ts = request.timestamp if request.HasField("timestamp") else None
+            key = request.idempotency_key if request.HasField("idempotency_key") else None
             return pb.RecordRatingResponse(event_id=self.gw.record_rating(request.user_id, request.movie_id,
-                                                                          request.rating, ts))
+                                                                          request.rating, ts, key))
         return self._call("RecordRating", context, run)
 
 

@@ -40,6 +40,16 @@ def redis_client(redis_srv: redis_server.EmbeddedRedis) -> Iterator[redis.Redis]
     client.close()
 
 
+class Clock:
+    """A settable clock for code that takes one (breakers, key windows): tests move ``now`` by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def make_config(home: Path, redis_url: str = "", **sections: dict) -> Config:
     """A test configuration: small Spark, a unique key prefix, the given overrides."""
     overrides: dict = {"spark": {"master": "local[2]", "shuffle_partitions": 4, "driver_memory": "2g"},

@@ -84,6 +84,9 @@ class ListLog:
     def append(self, event: RatingEvent) -> None:
         self.events.append(event)
 
+    def health(self) -> dict[str, Any]:
+        return {"log": "list", "state": "ok"}
+
     def close(self) -> None:
         pass
 
@@ -272,6 +275,26 @@ def test_record_rating_validates_and_appends(tmp_path: Path, store: InMemoryStor
         gateway.record_rating(USER, 3, 7.0)
     with pytest.raises(Unavailable, match="no event log"):
         make_gateway(config(tmp_path), store, model).record_rating(USER, 3, 4.0)
+
+
+def test_a_keyed_retry_appends_nothing_and_another_gateway_gets_the_same_id(tmp_path: Path, store: InMemoryStore,
+                                                                             model: ScriptedRanking) -> None:
+    """Two gateways stand for two processes: each remembers its own keys, and the id both derive from
+    (user, key) is what the stream job's de-duplication (``flink_jobs.online_state.SeenIds``) drops."""
+    from flink_jobs.online_state import SeenIds
+
+    log_a, log_b = ListLog(), ListLog()
+    gw_a, gw_b = make_gateway(config(tmp_path), store, model, log_a), make_gateway(config(tmp_path), store, model, log_b)
+    first = gw_a.record_rating(USER, 3, 4.5, idempotency_key="abc")
+    assert gw_a.record_rating(USER, 3, 4.5, idempotency_key="abc") == first and len(log_a.events) == 1
+    assert gw_b.record_rating(USER, 3, 4.5, idempotency_key="abc") == first and len(log_b.events) == 1
+    seen = SeenIds()
+    assert [seen.check_and_add(e.event_id, 0.0, 3600.0) for e in log_a.events + log_b.events] == [False, True]
+    with pytest.raises(InvalidArgument, match="idempotency_key 'abc' was already used for a different request"):
+        gw_a.record_rating(USER, 4, 4.5, idempotency_key="abc")
+    with pytest.raises(InvalidArgument, match="idempotency_key must be"):
+        gw_a.record_rating(USER, 3, 4.5, idempotency_key="x" * 129)
+    assert len(log_a.events) == 1
 
 
 def test_k_and_ids_are_validated(tmp_path: Path, store: InMemoryStore, model: ScriptedRanking) -> None:

@@ -163,6 +163,9 @@ def test_pipelined_requests_are_answered_in_order(gw: Any) -> None:
     ("/api/ratings", {"user_id": 1, "movie_id": 1, "rating": 7}, "rating"),
     ("/api/ratings", {"user_id": 1, "movie_id": 1, "rating": 4, "timestamp": 2 ** 70}, "timestamp"),
     ("/api/ratings", {"user_id": 1, "movie_id": 2 ** 63, "rating": 4}, "movie_id"),
+    ("/api/ratings", {"user_id": 1, "movie_id": 1, "rating": 4, "idempotency_key": 12}, "idempotency_key"),
+    ("/api/ratings", {"user_id": 1, "movie_id": 1, "rating": 4, "idempotency_key": "k" * 129}, "idempotency_key"),
+    ("/api/ratings", {"user_id": 1, "movie_id": 1, "rating": 4, "idempotency_key": "caf\u00e9"}, "idempotency_key"),
 ])
 def test_out_of_range_and_mistyped_values_are_400_naming_the_field(gw: Any, path: str, body: dict, field: str) -> None:
     resp, sock, buf = _exchange(gw.http_port, _post(path, json.dumps(body).encode()))
@@ -193,6 +196,93 @@ def test_query_strings_are_checked_like_bodies(gw: Any) -> None:
         resp, sock, _ = _exchange(gw.http_port, f"GET /api/recommend?{query} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
         assert resp is not None and resp[0] == 400 and field in json.loads(resp[2])["error"]
         sock.close()
+
+
+def test_a_retried_rating_with_its_idempotency_key_is_one_event(gw: Any) -> None:
+    """HTTP and real gRPC on loopback over one gateway with its real spool: a retry with the same key (through
+    either transport) answers the first call's event id and appends nothing; the same key for another rating
+    is INVALID_ARGUMENT naming it; no key means a new event every time."""
+    key = "retry-7f9c0b2e"
+
+    def post(body: dict) -> tuple[int, dict]:
+        resp, sock, _ = _exchange(gw.http_port, _post("/api/ratings", json.dumps(body).encode()))
+        sock.close()
+        assert resp is not None
+        return resp[0], json.loads(resp[2])
+
+    rating = {"user_id": 31, "movie_id": 5, "rating": 4.5, "idempotency_key": key}
+    status, first = post(rating)
+    assert status == 200
+    assert post(rating) == (200, first)
+    with grpc.insecure_channel(gw.grpc_target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        again = stub.RecordRating(pb.RecordRatingRequest(user_id=31, movie_id=5, rating=4.5, idempotency_key=key),
+                                  timeout=10)
+        assert again.event_id == first["event_id"]
+        other_user = stub.RecordRating(pb.RecordRatingRequest(user_id=32, movie_id=5, rating=4.5, idempotency_key=key),
+                                       timeout=10)
+        assert other_user.event_id != first["event_id"]
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RecordRating(pb.RecordRatingRequest(user_id=31, movie_id=5, rating=2.0, idempotency_key=key), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "idempotency_key" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RecordRating(pb.RecordRatingRequest(user_id=31, movie_id=5, rating=4.5, idempotency_key=""), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "idempotency_key" in err.value.details()
+        plain = [stub.RecordRating(pb.RecordRatingRequest(user_id=31, movie_id=5, rating=4.5), timeout=10).event_id
+                 for _ in range(2)]
+        assert len(set(plain)) == 2
+    gw.events.flush()
+    from pipeline.events import read_spool
+
+    ids = [json.loads(line)["event_id"] for line in read_spool(gw.gateway.cfg.events.spool_dir)]
+    assert ids.count(first["event_id"]) == 1 and ids.count(other_user.event_id) == 1
+    assert set(plain) <= set(ids)
+
+
+def test_healthz_shows_the_spool_failing_and_recovering(gw: Any) -> None:
+    """A real fault: the spool directory vanishes under an open segment (moved away), so rolls fail; /healthz
+    says so (status degraded, the error, since when, what is pending) and RecordRating is UNAVAILABLE (nothing
+    accepted, so a retry is safe); moved back, the roller's retry
+    publishes the segment and /healthz is ok again."""
+    import time
+
+    spool = Path(gw.gateway.cfg.events.spool_dir)
+
+    def events_health() -> dict:
+        resp, sock, _ = _exchange(gw.http_port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.close()
+        assert resp is not None
+        return json.loads(resp[2])
+
+    def wait_for(state: str) -> dict:
+        end = time.monotonic() + 30
+        while (health := events_health())["events"]["state"] != state and time.monotonic() < end:
+            time.sleep(0.1)
+        return health
+
+    gw.events.flush()
+    assert events_health()["events"]["state"] == "ok"
+    resp, sock, _ = _exchange(gw.http_port, _post("/api/ratings", json.dumps(
+        {"user_id": 41, "movie_id": 5, "rating": 3.5}).encode()))
+    sock.close()
+    assert resp is not None and resp[0] == 200
+    event_id = json.loads(resp[2])["event_id"]
+    spool.rename(spool.with_name("spool-away"))
+    try:
+        health = wait_for("failing")
+        assert health["status"] == "degraded" and health["events"]["state"] == "failing"
+        assert "No such file or directory" in health["events"]["last_error"] and health["events"]["failing_since"]
+        assert health["events"]["pending_events"] == 1
+        resp, sock, _ = _exchange(gw.http_port, _post("/api/ratings", json.dumps(
+            {"user_id": 41, "movie_id": 6, "rating": 3.5}).encode()))
+        sock.close()
+        assert resp is not None and resp[0] == 503 and json.loads(resp[2])["code"] == "UNAVAILABLE"  # retry later
+    finally:
+        spool.with_name("spool-away").rename(spool)
+    assert wait_for("ok")["events"] == {"log": "spool", "state": "ok", "pending_events": 0, "pending_segments": 0}
+    from pipeline.events import read_spool
+
+    assert event_id in [json.loads(line)["event_id"] for line in read_spool(spool)]
 
 
 # --- methods, types, sizes -----------------------------------------------------------------------

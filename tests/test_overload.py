@@ -19,6 +19,7 @@ import pytest
 from serving.model_server.batching import Batcher
 from serving.model_server.signature import ServingError, Signature
 from serving.ranking_client import Breaker, ModelUnavailable, RankingClient
+from tests.conftest import Clock
 
 
 class HeldServable:
@@ -76,14 +77,6 @@ def test_the_batcher_does_not_compute_a_request_whose_deadline_passed() -> None:
     finally:
         servable.release.set()
         batcher.stop()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_breaker_opens_after_failures_in_a_row_and_one_trial_closes_it() -> None:

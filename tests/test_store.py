@@ -147,7 +147,7 @@ def test_a_warm_recommend_reads_redis_in_one_round_trip(redis_client: redis.Redi
     prefix = "roundtrip"
     write(redis_client, K.Keys(prefix), "v1", DATA)
     kwargs = redis_client.connection_pool.connection_kwargs
-    client = CountingRedis(host=kwargs.get("host", "127.0.0.1"), port=kwargs["port"])
+    client = CountingRedis(host=kwargs.get("host", "127.0.0.1"), port=kwargs["port"], password=kwargs.get("password"))
     cfg = load_config(home=tmp_path, environ={}, overrides={"serving": {"version_check_seconds": 3600.0,
                                                                          "model_recall": 0},
                                                              "redis": {"key_prefix": prefix}})

@@ -18,11 +18,12 @@ def cmd_redis(args: argparse.Namespace) -> int:
     data_dir = Home(cfg.home).redis_dir
     running = rs.find_running(data_dir)
     if args.action == "status":
-        out.print(f"running at {running.url} (pid {running.pid})" if running else "not running")
+        out.print(f"running at {rs.display_url(running.url)} (pid {running.pid}; password in "
+                  f"{data_dir / 'password'})" if running else "not running")
         return 0 if running else 1
     if args.action == "start":
         server = running or rs.start_redis(data_dir)
-        out.print(server.url)
+        out.print(f"{rs.display_url(server.url)} (password in {data_dir / 'password'})")
         return 0
     if running:
         running.stop(save=True)

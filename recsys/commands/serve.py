@@ -19,6 +19,7 @@ def serve_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from model.export import exported_versions
     from pipeline.home import Home
+    from pipeline.redis_server import display_url
     from serving.app import check_exposure, serving_stack
 
     cfg = config_from(args, serve_overrides(args))
@@ -36,7 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       f"  HTTP web pages, /api, /healthz, /metrics  {web_address(cfg, stack.http_port)}\n"
                       f"  model server  {stack.model_target} (model '{cfg.serving.model_name}', version "
                       f"{health['model_version'] or 'none yet'})\n"
-                      f"  Redis  {stack.extras['redis_url']} (batch version {health['batch_version'] or 'none: run `recsys batch`'})\n"
+                      f"  Redis  {display_url(stack.extras['redis_url'])} (batch version {health['batch_version'] or 'none: run `recsys batch`'})\n"
                       f"  events  -> {cfg.events.log} ({'spool ' + str(_spool(cfg)) if cfg.events.log == 'spool' else cfg.events.kafka_topic})\n"
                       "Ctrl-C stops everything.")
         stop.wait()

@@ -4,7 +4,8 @@
     GET  /api/recommend?user_id=42&k=10&genres=Drama,Comedy
     POST /api/rank        {"user_id": 42, "movie_ids": [1, 2, 3]}
     GET  /api/similar?movie_id=1&k=10          (POST {"movie_id": 1, "k": 10} too)
-    POST /api/ratings     {"user_id": 42, "movie_id": 1, "rating": 4.5, "timestamp": 978300760}
+    POST /api/ratings     {"user_id": 42, "movie_id": 1, "rating": 4.5, "timestamp": 978300760,
+                           "idempotency_key": "7f9c..."}   (optional: a retry with it appends nothing new)
 
 Field names and errors match the gRPC API: 400 names the bad field (INVALID_ARGUMENT),
 401 a missing or wrong bearer token (when ``serving.api_token`` is set), 404 an unknown
@@ -158,9 +159,11 @@ class ApiCalls:
         return answer_json(self.gw.similar(int_field(b, "movie_id"), int_field(b, "k", 0, INT32)))
 
     def record(self, b: dict[str, Any]) -> Any:
-        ts = b.get("timestamp")
+        ts, key = b.get("timestamp"), b.get("idempotency_key")
+        if key is not None and not isinstance(key, str):
+            raise InvalidArgument(f"idempotency_key must be a string, got {type(key).__name__}")
         event_id = self.gw.record_rating(int_field(b, "user_id"), int_field(b, "movie_id"), number_field(b, "rating"),
-                                         None if ts is None else int_field(b, "timestamp"))
+                                         None if ts is None else int_field(b, "timestamp"), key)
         return {"event_id": event_id}
 
 

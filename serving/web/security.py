@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import secrets
 import threading
 import time
@@ -25,22 +24,14 @@ from typing import Any
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline.home import secret_file
+
 COOKIE = "recsys_session"
 
 
 def session_secret(configured: str, key_file: Path) -> str:
     """The configured key, else one generated once into ``key_file`` (mode 0600) and reused."""
-    if configured:
-        return configured
-    if key_file.is_file():
-        return key_file.read_text(encoding="utf-8").strip()
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = key_file.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(secrets.token_urlsafe(48))
-    os.replace(tmp, key_file)
-    return key_file.read_text(encoding="utf-8").strip()
+    return configured or secret_file(key_file, nbytes=48)
 
 
 class SessionMiddleware:

@@ -88,16 +88,18 @@ class SimilarMoviesResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., degraded: bool = ...) -> None: ...
 
 class RecordRatingRequest(_message.Message):
-    __slots__ = ("user_id", "movie_id", "rating", "timestamp")
+    __slots__ = ("user_id", "movie_id", "rating", "timestamp", "idempotency_key")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     MOVIE_ID_FIELD_NUMBER: _ClassVar[int]
     RATING_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     user_id: int
     movie_id: int
     rating: float
     timestamp: int
-    def __init__(self, user_id: _Optional[int] = ..., movie_id: _Optional[int] = ..., rating: _Optional[float] = ..., timestamp: _Optional[int] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, user_id: _Optional[int] = ..., movie_id: _Optional[int] = ..., rating: _Optional[float] = ..., timestamp: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class RecordRatingResponse(_message.Message):
     __slots__ = ("event_id",)
