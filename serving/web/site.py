@@ -19,7 +19,8 @@ from pipeline import keys as K
 from pipeline.schemas import GENRES
 from pipeline.store import StoreUnavailable
 from serving.catalog import Movie
-from serving.gateway import BatchView, Gateway, Unavailable
+from serving.gateway import Gateway, Unavailable
+from serving.versions import BatchView
 from serving.profile import Profile
 from serving.web.accounts import Account
 
