@@ -24,6 +24,7 @@ import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -243,9 +244,10 @@ def drift_problems(compose: Doc, k8s: list[Doc]) -> list[str]:
                 for f in ("model_config_file", "batching_parameters_file", "monitoring_config_file"):
                     if not (tfs_dir / Path(flags.get(f, "/missing")).name).is_file():
                         problems.append(f"compose {host}: --{f}={flags.get(f)} is not a file of deploy/tfserving")
-            redis_host = re.match(r"redis://([^:/]+):(\d+)", cfg.redis.url)
-            if not redis_host or redis_host.group(1) not in services:
-                problems.append(f"compose {name}: redis.url {cfg.redis.url} names no service")
+            redis_host = urlsplit(cfg.redis.url)  # redis://[:password@]host:port/db
+            if redis_host.scheme not in ("redis", "rediss") or redis_host.hostname not in services:
+                shown = redis_host._replace(netloc=redis_host.hostname or "").geturl()  # no password in messages
+                problems.append(f"compose {name}: redis.url {shown} names no service")
             spark = re.match(r"spark://([^:/]+):(\d+)", cfg.spark.master)
             if not spark or spark.group(1) not in services or \
                     spark.group(2) not in services[spark.group(1)].get("command", []):
