@@ -23,7 +23,7 @@ from pipeline import keys as K
 from pipeline.config import Config
 from pipeline.home import Home, atomic_write_text, table_path
 from pipeline.metrics import hit_at_k, mean, ndcg_at_k, rank_of
-from pipeline.recall import RecallContext, Scored, fuse, run_channels
+from pipeline.recall import RecallContext, Scored, fuse, kept_channels, run_channels
 from pipeline.store import RedisStore
 
 
@@ -94,7 +94,7 @@ def evaluate_recall(cfg: Config, client: redis.Redis, k: int = 10, max_users: in
         for name, items in per_channel.items():
             channel_hits.setdefault(name, []).append(1.0 if any(m == target for m, _ in items) else 0.0)
             channel_sizes.setdefault(name, []).append(len(items))
-        merged = fuse(per_channel, cfg.recall.merged_size)
+        merged = fuse(per_channel, cfg.recall.merged_size, kept_channels(cfg.serving))
         merged_hits.append(1.0 if any(c.movie_id == target for c in merged) else 0.0)
         merged_sizes.append(len(merged))
         top = [m for m in popular if m not in ctx.exclude][:k]

@@ -175,8 +175,23 @@ def run_channels(ctx: RecallContext, store: RecallStore, recall_cfg) -> dict[str
             for name in names}
 
 
-def fuse(per_channel: dict[str, Scored], size: int) -> list[Candidate]:
-    """Reciprocal-rank fusion of channel lists into at most ``size`` candidates."""
+# The gateway's channel of the model's own next-movie list (the export's next_movies signature).
+MODEL_CHANNEL = "next_model"
+
+
+def kept_channels(serving_cfg) -> tuple[str, ...]:  # noqa: ANN001
+    """Channels ``fuse`` never cuts: the model's own list when ``serving.model_recall_kept`` (see its help)."""
+    return (MODEL_CHANNEL,) if serving_cfg.model_recall_kept else ()
+
+
+def fuse(per_channel: dict[str, Scored], size: int, kept: Sequence[str] = ()) -> list[Candidate]:
+    """Reciprocal-rank fusion of channel lists into at most ``size`` candidates, plus the ``kept`` channels whole.
+
+    A kept channel's movies take part in the fusion like any other (a movie several channels propose still
+    rises), and those the cut at ``size`` would drop join after it, in that channel's order. Why: the model's
+    next-movie list is ordered by the very model that ranks, so fusing it with seven heuristic lists and cutting
+    keeps only its first few dozen, and the ranker never sees movies it would have put in the top 10.
+    """
     scores: dict[int, float] = {}
     sources: dict[int, list[str]] = {}
     for name, items in per_channel.items():
@@ -184,6 +199,12 @@ def fuse(per_channel: dict[str, Scored], size: int) -> list[Candidate]:
             scores[movie_id] = scores.get(movie_id, 0.0) + 1.0 / (RRF_K + rank + 1)
             sources.setdefault(movie_id, []).append(name)
     ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:size]
+    chosen = {m for m, _ in ranked}
+    for name in kept:
+        for movie_id, _ in per_channel.get(name, []):
+            if movie_id not in chosen:
+                chosen.add(movie_id)
+                ranked.append((movie_id, scores[movie_id]))
     return [Candidate(movie_id=m, score=round(s, 6), sources=sources[m]) for m, s in ranked]
 
 

@@ -19,8 +19,9 @@ import math
 from typing import Callable, Mapping, Sequence
 
 from pipeline.schemas import AGE_BUCKETS
+from pipeline.recall import MODEL_CHANNEL
 
-ITEM_TO_ITEM = ("sequential", "item_similar", "next_model")
+ITEM_TO_ITEM = ("sequential", "item_similar", MODEL_CHANNEL)
 
 
 def blend(recall_scores: Sequence[float], model_scores: Sequence[float] | None, recall_weight: float) -> list[int]:
@@ -79,7 +80,7 @@ def reason(sources: Sequence[str], movie_genres: Sequence[str], *, watched_title
     """
     if watched_title and (set(sources) & set(ITEM_TO_ITEM) or "als" in sources):
         return f"because you watched {watched_title}"
-    if "sequential" in sources or "next_model" in sources:
+    if "sequential" in sources or MODEL_CHANNEL in sources:
         return "often watched right after movies you watched recently"
     if "item_similar" in sources:
         return "similar to movies you watched recently"

@@ -236,12 +236,12 @@ class Gateway:
                 per_channel["genre_popular"] = R.interleave(
                     [view.store.global_list(K.list_popular(g)) for g in wanted], ctx.exclude, self.recall_cfg.merged_size)
             if self.cfg.serving.model_recall > 0 and ctx.history:
-                per_channel["next_model"] = self._model_recall(ctx, deadline)
+                per_channel[R.MODEL_CHANNEL] = self._model_recall(ctx, deadline)
             catalog = view.catalog
             per_channel = {name: [(m, sc) for m, sc in items if catalog.recommendable(m) and
                                   (not wanted or set(catalog.genres(m)) & set(wanted))]
                            for name, items in per_channel.items()}
-            candidates = R.fuse(per_channel, self.recall_cfg.merged_size)
+            candidates = R.fuse(per_channel, self.recall_cfg.merged_size, R.kept_channels(self.cfg.serving))
             stages["recall"] = time.perf_counter() - t
             _check_deadline(deadline, "recall")
         except StoreUnavailable:

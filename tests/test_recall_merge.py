@@ -70,3 +70,13 @@ def test_cold_user_gets_cold_start_channels(store: InMemoryStore, tmp_path) -> N
     assert list(per) == cfg.recall.cold_start_channels
     merged = merge(cold, store, cfg.recall)
     assert [c.movie_id for c in merged][:1] == [1] and merged  # the most popular movie leads
+
+
+def test_a_kept_channel_joins_whole_after_the_cut() -> None:
+    per = {"a": [(1, 9.0), (2, 8.0), (3, 7.0)], "model": [(2, 0.0), (7, 0.0), (8, 0.0), (9, 0.0)]}
+    cut = fuse(per, size=2)
+    assert [c.movie_id for c in cut] == [2, 1]                      # 2 is in both lists: it rises
+    kept = fuse(per, size=2, kept=("model",))
+    assert [c.movie_id for c in kept] == [2, 1, 7, 8, 9]            # the model's whole list is ranked
+    assert kept[2].sources == ["model"] and kept[0].sources == ["a", "model"]
+    assert [c.movie_id for c in fuse(per, size=10, kept=("model",))] == [c.movie_id for c in fuse(per, size=10)]

@@ -59,6 +59,7 @@ def _model_channel(cfg: Config):  # noqa: ANN202
     import tensorflow as tf
 
     from model.vocab import left_pad
+    from pipeline.recall import MODEL_CHANNEL
 
     fn = tf.saved_model.load(str(model_base(home) / str(versions[0]))).signatures.get(NEXT_MOVIES_SIGNATURE)
     if fn is None:
@@ -70,7 +71,7 @@ def _model_channel(cfg: Config):  # noqa: ANN202
             return {}
         out = fn(hist_movie_ids=tf.constant(left_pad([[m for m, _, _ in ctx.history]], h, np.int64)))
         got = zip(out["movie_ids"].numpy()[0].tolist(), out["log_prob"].numpy()[0].tolist())
-        return {"next_model": [(m, s) for m, s in got if m not in ctx.exclude][:cfg.serving.model_recall]}
+        return {MODEL_CHANNEL: [(m, s) for m, s in got if m not in ctx.exclude][:cfg.serving.model_recall]}
 
     return channel
 
