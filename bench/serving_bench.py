@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=6040, help="distinct users cycled through (at least 6,040)")
     parser.add_argument("--deadline", type=float, default=2.0, help="each call's deadline, seconds")
     parser.add_argument("--max-batch", type=int, help="model server batching (1 = off); default serving.max_batch")
+    parser.add_argument("--intra-op-threads", type=int, help="model server TensorFlow intra-op threads")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
 
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     serving = {"bind": "127.0.0.1", "grpc_port": 0, "http_port": 0, "model_port": 0}
     if args.max_batch:
         serving["max_batch"] = args.max_batch
+    if args.intra_op_threads is not None:
+        serving["model_intra_op_threads"] = args.intra_op_threads
     cfg = cfg.replace("serving", **serving)
     rates = [float(r) for r in args.rates.split(",")]
     results: dict[str, Any] = {"recommend": [], "predict": []}
@@ -267,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "serving", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": describe(), "home": str(cfg.home), "candidates_ranked_mean": n_candidates,
               "rank_signature": signature, "distinct_users": len(users), "seconds_per_rate": args.seconds,
-              "deadline_s": args.deadline, "max_batch": cfg.serving.max_batch, **results, "stage_mean_ms": stages}
+              "deadline_s": args.deadline, "max_batch": cfg.serving.max_batch,
+              "model_intra_op_threads": cfg.serving.model_intra_op_threads, **results, "stage_mean_ms": stages}
     f = results["floor"]
     table = Table(title=f"serving, open loop from a separate process ({describe()['cores']} cores, "
                         f"~{n_candidates} candidates ranked, {len(users)} users, k=10); "

@@ -210,6 +210,8 @@ class ServingConfig:
     model_poll_seconds: float = _f(2.0, "How often the embedded model server polls the model base path for new versions.")
     max_batch: int = _f(8, "Embedded model server: most concurrent Predict calls merged into one model call.")
     batch_timeout_ms: float = _f(2.0, "Embedded model server: how long a lone request waits for others to batch with.")
+    model_intra_op_threads: int = _f(0, "Embedded model server: TensorFlow threads inside one op (0 = TensorFlow's default, one per core).")
+    model_inter_op_threads: int = _f(0, "Embedded model server: TensorFlow threads running independent ops (0 = TensorFlow's default).")
     deadline_ms: int = _f(2000, "Default deadline of a gateway call when the client sets none.")
     redis_timeout_ms: int = _f(250, "Socket timeout of the gateway's Redis calls; beyond it the Redis fallback answers.")
     model_timeout_ms: int = _f(1000, "Deadline of one Predict call; beyond it the recall order answers (degraded).")
@@ -415,7 +417,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("stream.trending_slide_minutes must not exceed stream.trending_window_minutes")
     if bool(cfg.serving.tls_certfile) != bool(cfg.serving.tls_keyfile):
         raise ConfigError("serving.tls_certfile and serving.tls_keyfile go together")
-    for section, key in (("samples", "negatives"), ("serving", "model_breaker_failures")):
+    for section, key in (("samples", "negatives"), ("serving", "model_breaker_failures"),
+                         ("serving", "model_intra_op_threads"), ("serving", "model_inter_op_threads")):
         if getattr(getattr(cfg, section), key) < 0:
             raise ConfigError(f"{section}.{key} must be >= 0, got {getattr(getattr(cfg, section), key)}")
     from pipeline import recall as _recall  # local: recall imports config for types only

@@ -157,6 +157,8 @@ def serving_stack(cfg: Config) -> Iterator[RunningGateway]:
             base.mkdir(parents=True, exist_ok=True)
             model = spawn_model_server(base, s.model_name, port=s.model_port, poll_seconds=s.model_poll_seconds,
                                        max_batch=s.max_batch, batch_timeout_ms=s.batch_timeout_ms,
+                                       intra_op_threads=s.model_intra_op_threads,
+                                       inter_op_threads=s.model_inter_op_threads,
                                        log_path=Home(cfg.home).logs / "model-server.log")
             stack.callback(model.stop)
             target = f"127.0.0.1:{model.port}"

@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="most Predict calls merged into one model call (1 = off)")
     p.add_argument("--batch-timeout-ms", type=float, default=2.0, help="how long a request waits for others to batch with")
     p.add_argument("--batch-threads", type=int, default=1, help="threads running merged batches")
+    p.add_argument("--intra-op-threads", type=int, default=0,
+                   help="TensorFlow threads inside one op (0 = TensorFlow's default: one per core)")
+    p.add_argument("--inter-op-threads", type=int, default=0,
+                   help="TensorFlow threads running independent ops (0 = TensorFlow's default)")
     p.add_argument("--keep-versions", type=int, default=1, help="newest versions kept loaded (TF Serving's latest policy)")
     p.add_argument("--label", type=_label, action="append", default=[], metavar="NAME=VERSION",
                    help="a version label (ModelSpec.version_label); repeatable")
@@ -43,6 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on SIGTERM/SIGINT")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
+
+
+def set_tf_threads(intra: int, inter: int) -> None:
+    """TensorFlow's thread pools, set before anything is loaded (0 leaves TensorFlow's default).
+
+    Why it is a knob: with many concurrent requests on few cores, one op spread over every
+    core costs more in hand-offs than it gains; ``bench/serving_bench.py --intra-op-threads``
+    measures it on the machine at hand.
+    """
+    if intra <= 0 and inter <= 0:
+        return
+    import tensorflow as tf
+
+    if intra > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter > 0:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    set_tf_threads(args.intra_op_threads, args.inter_op_threads)
     server = ModelServer(args.base, args.name, poll_seconds=args.poll_seconds, max_batch=args.max_batch,
                          batch_timeout_ms=args.batch_timeout_ms, keep_versions=args.keep_versions,
                          batch_threads=args.batch_threads, host=args.host, labels=dict(args.label))
