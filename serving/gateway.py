@@ -237,9 +237,9 @@ class Gateway:
                     [view.store.global_list(K.list_popular(g)) for g in wanted], ctx.exclude, self.recall_cfg.merged_size)
             if self.cfg.serving.model_recall > 0 and ctx.history:
                 per_channel[R.MODEL_CHANNEL] = self._model_recall(ctx, deadline)
-            catalog = view.catalog
-            per_channel = {name: [(m, sc) for m, sc in items if catalog.recommendable(m) and
-                                  (not wanted or set(catalog.genres(m)) & set(wanted))]
+            catalog, ok, asked = view.catalog, view.catalog.recommendable_ids, set(wanted)
+            per_channel = {name: [(m, sc) for m, sc in items if m in ok and
+                                  (not asked or not asked.isdisjoint(catalog.genres(m)))]
                            for name, items in per_channel.items()}
             candidates = R.fuse(per_channel, self.recall_cfg.merged_size, R.kept_channels(self.cfg.serving))
             stages["recall"] = time.perf_counter() - t
