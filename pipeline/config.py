@@ -232,6 +232,7 @@ class ServingConfig:
     api_token: str = _f("", "Bearer token service callers send (gRPC metadata or HTTP header 'authorization: Bearer <token>') for every recsys.v1 call and /api; empty = no token, allowed only while bind is loopback.")
     http_read_timeout_seconds: float = _f(5.0, "HTTP: a request's head and body must arrive within this many seconds of its first byte (or of the connection), else 408 and close.")
     http_keep_alive_seconds: int = _f(5, "HTTP: an idle keep-alive connection is closed after this many seconds.")
+    http_max_in_flight: int = _f(32, "HTTP /api calls one gateway process answers at once; one more is refused at once with 429 (retry-after 1) instead of queueing to its deadline.")
     http_max_connections: int = _f(200, "HTTP: concurrent connections and requests beyond this are answered 503.")
     http_max_body_bytes: int = _f(1048576, "HTTP: largest request body (413 beyond it).")
     tls_certfile: str = _f("", "PEM certificate for HTTPS on the HTTP port (with tls_keyfile); session cookies are then Secure.")
@@ -396,6 +397,7 @@ def _validate(cfg: Config) -> None:
                 ("serving", "model_poll_seconds"), ("serving", "version_check_seconds"),
                 ("serving", "idempotency_keys"), ("serving", "idempotency_hours"), ("serving", "http_read_timeout_seconds"),
                 ("serving", "http_keep_alive_seconds"), ("serving", "http_max_connections"),
+                ("serving", "http_max_in_flight"),
                 ("serving", "http_max_body_bytes"), ("web", "session_days"), ("web", "account_id_base"),
                 ("web", "login_attempts"), ("web", "login_window_seconds"), ("web", "page_size"), ("stream", "parallelism"),
                 ("stream", "checkpoint_interval_ms"), ("stream", "monitor_interval_ms"),

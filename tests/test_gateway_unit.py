@@ -456,3 +456,47 @@ def test_a_deadline_passed_between_stages_stops_the_work(tmp_path: Path, store: 
     with pytest.raises(DeadlineExceeded, match="features"):
         gateway.recommend(USER, k=3, deadline=time.monotonic() + 0.01)
     assert model.requests == [] and model.histories == []
+
+
+def test_http_api_refuses_at_once_beyond_the_calls_in_flight(tmp_path: Path, store: InMemoryStore,
+                                                              model: ScriptedRanking) -> None:
+    """Real uvicorn on loopback over the in-memory store: with one /api call held inside ranking, a second
+    is 429 (retry-after) without waiting; once the first finishes, calls are admitted again."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from serving.web.app import build_app
+    from serving.web.server import start_http
+
+    entered, release = threading.Event(), threading.Event()
+    rank = model.rank
+
+    def held_rank(request: dict[str, np.ndarray], timeout_s: float | None = None) -> Ranking:
+        entered.set()
+        release.wait(30)
+        return rank(request, timeout_s)
+
+    model.rank = held_rank  # type: ignore[method-assign]
+    cfg = config(tmp_path, http_max_in_flight=1)
+    app = build_app(make_gateway(cfg, store, model))
+    server = start_http(app, "127.0.0.1", 0, cfg.serving)
+    url = f"http://127.0.0.1:{server.port}/api/recommend?user_id={USER}&k=3"
+    got: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: got.update(first=json.load(urllib.request.urlopen(url, timeout=30))))
+    try:
+        first.start()
+        assert entered.wait(30)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url, timeout=30)
+        assert err.value.code == 429 and err.value.headers["retry-after"] == "1"
+        assert json.load(err.value)["code"] == "RESOURCE_EXHAUSTED"
+        release.set()
+        first.join(30)
+        assert len(got["first"]["items"]) == 3
+        model.rank = rank  # type: ignore[method-assign]
+        assert len(json.load(urllib.request.urlopen(url, timeout=30))["items"]) == 3
+    finally:
+        release.set()
+        server.stop()
+        app.accounts.close()

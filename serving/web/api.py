@@ -10,7 +10,9 @@
 Field names and errors match the gRPC API: 400 names the bad field (INVALID_ARGUMENT),
 401 a missing or wrong bearer token (when ``serving.api_token`` is set), 404 an unknown
 movie or path, 405 a write over GET, 411 a body without Content-Length, 413 a body over
-``serving.http_max_body_bytes``, 415 a POST body that is not ``application/json``, 503
+``serving.http_max_body_bytes``, 415 a POST body that is not ``application/json``, 429
+(RESOURCE_EXHAUSTED, ``retry-after: 1``) at once when ``serving.http_max_in_flight`` calls
+are already being answered (overload is refused fast, never queued to the deadline), 503
 when nothing can answer. Every value is checked against its protobuf type before the
 gateway sees it (an id beyond int64, a 401-digit rating or a 10,000-deep JSON array is a
 400 naming the field, never a 500).
@@ -34,7 +36,8 @@ from serving.auth import bearer_ok
 from serving.gateway import Answer, Gateway, InvalidArgument, error_code
 
 log = logging.getLogger("recsys.http")
-HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503,
+               "DEADLINE_EXCEEDED": 504}
 INT64 = (-(1 << 63), (1 << 63) - 1)
 INT32 = (-(1 << 31), (1 << 31) - 1)
 MAX_LIST = 10_000
@@ -196,6 +199,7 @@ def api_routes(gateway: Gateway) -> list[Route]:
     calls = ApiCalls(gateway)
     metrics = gateway.metrics
     s = gateway.cfg.serving
+    in_flight = [0]  # calls handed to the thread pool; read and written on the event loop only
 
     async def endpoint(request: Request) -> Response:
         method, fn, write = calls.table[request.url.path]
@@ -215,7 +219,16 @@ def api_routes(gateway: Gateway) -> list[Route]:
                 body: dict[str, Any] = dict(request.query_params)
             else:
                 body = await read_json_body(request, s.http_max_body_bytes)
-            return JSONResponse(await run_in_threadpool(fn, body))
+            if in_flight[0] >= s.http_max_in_flight:
+                code = "RESOURCE_EXHAUSTED"
+                refused = error_response(429, f"{s.http_max_in_flight} calls are being answered; retry shortly", code)
+                refused.headers["retry-after"] = "1"
+                return refused
+            in_flight[0] += 1
+            try:
+                return JSONResponse(await run_in_threadpool(fn, body))
+            finally:
+                in_flight[0] -= 1
         except HttpError as exc:
             code = exc.code
             return error_response(exc.status, str(exc), exc.code, exc.close)
