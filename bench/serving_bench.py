@@ -16,8 +16,9 @@ The load comes from ``bench/loadgen.py`` in its own process (it never shares a G
 the server), open loop: requests leave on a fixed schedule and latency is measured from
 the scheduled send time (no coordinated omission). Degraded answers are counted apart
 and are not goodput; refusals (RESOURCE_EXHAUSTED) are counted with their own latency.
-Per run: p50/p95/p99, goodput, CPU-ms per request of the gateway (this process) and of
-the model server (its child), their memory. Then an overload run: twice the measured
+Per run: p50/p95/p99, goodput, CPU-ms per served request (full or degraded answers; a
+refusal costs next to nothing) of the gateway (this process) and of the model server (its
+child), their memory. Then an overload run: twice the measured
 capacity for ``--burst-seconds``, followed by half the capacity, reporting goodput
 during the burst, how fast the excess was answered, and how long latency took to recover.
 
@@ -115,8 +116,8 @@ def measured(usage: Usage, target: str, kind: str, phases: list[tuple[float, flo
     before = usage.cpu()
     r = loadgen(target, kind, phases, source, deadline)
     after = usage.cpu()
-    answered = max(1, r["sent"] - r["unanswered"])
-    r["cpu_ms_per_request"] = {n: round((after[n] - before[n]) * 1000 / answered, 2) for n in after}
+    served = max(1, r["ok"] + r["degraded"])  # answers that did the work (a refusal costs next to nothing)
+    r["cpu_ms_per_request"] = {n: round((after[n] - before[n]) * 1000 / served, 2) for n in after}
     r["rss_mib"] = usage.rss_mib()
     return r
 
