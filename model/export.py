@@ -123,7 +123,7 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
 
         def _next_logp(self, hist_idx: Any) -> Any:
             """[B, M + 1] log-probabilities of the next movie (column 0, padding, at -1e9)."""
-            logits = self.sequence(hist_idx, training=False)[:, -1, :]
+            logits = self.sequence.last_logits(hist_idx, training=False)
             pad = tf.one_hot(tf.zeros_like(hist_idx[:, 0]), tf.shape(logits)[1], on_value=-1e9, off_value=0.0)
             return tf.nn.log_softmax(tf.cast(logits, tf.float32) + pad, axis=-1)
 

@@ -94,6 +94,12 @@ def build_encoder(spec: SequenceSpec) -> Any:
         def call(self, idx: Any, training: bool = False) -> Any:
             return tf.matmul(self.hidden(idx, training=training), self.movie_embedding.embeddings, transpose_b=True)
 
+        def last_logits(self, idx: Any, training: bool = False) -> Any:
+            """[B, n_movies + 1]: the logits after the last position only. Serving and evaluation need no
+            other position, and the projection onto the catalogue is most of ``call``'s work (H times this)."""
+            return tf.matmul(self.hidden(idx, training=training)[:, -1, :], self.movie_embedding.embeddings,
+                             transpose_b=True)
+
     model = NextMovieModel()
     model(np.zeros((1, spec.length), np.int32))  # build the weights
     return model
@@ -126,7 +132,7 @@ def last_window(history: Sequence[np.ndarray], length: int) -> np.ndarray:
 def next_logits(model: Any, history: Sequence[np.ndarray], length: int, batch: int = 512) -> np.ndarray:
     """[B, n_movies + 1] next-movie logits after each history."""
     x = last_window(history, length)
-    parts = [np.asarray(model(x[s:s + batch], training=False)[:, -1, :]) for s in range(0, len(x), batch)]
+    parts = [np.asarray(model.last_logits(x[s:s + batch], training=False)) for s in range(0, len(x), batch)]
     return np.concatenate(parts) if parts else np.zeros((0, model.movie_embedding.input_dim), np.float32)
 
 

@@ -65,3 +65,11 @@ def test_saved_weights_load_back_exactly(tmp_path) -> None:  # noqa: ANN001
     x = [np.array([3, 1, 4, 1, 5]), np.array([9, 2])]
     np.testing.assert_allclose(S.next_logits(again, x, 5), S.next_logits(model, x, 5), rtol=1e-6)
     assert record["mix"] == 0.5 and len(model.weights) == len(again.weights) > 2 * 8
+
+
+@pytest.mark.tf
+def test_last_logits_are_the_last_position_of_the_full_logits() -> None:
+    spec = S.SequenceSpec(n_movies=12, length=5, dim=8, blocks=2, dropout=0.1, lstm=True)
+    model = S.build_encoder(spec)
+    x = S.last_window([np.array([3, 1, 4, 1, 5]), np.array([9, 2])], 5)
+    np.testing.assert_allclose(np.asarray(model.last_logits(x)), np.asarray(model(x))[:, -1, :], rtol=1e-5, atol=1e-6)
