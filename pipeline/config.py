@@ -193,6 +193,7 @@ class EventsConfig:
     dead_letter_dir: str = _f("", "Where malformed events go with their reason; empty = <home>/events/dead-letter.")
     roll_seconds: float = _f(1.0, "A spool segment is closed and made visible (atomic rename) after this many seconds ...")
     roll_events: int = _f(500, "... or this many events, whichever comes first.")
+    retain_hours: float = _f(24.0, "A spool segment is deleted once a completed checkpoint of the stream job has consumed it and it has been in the spool this many hours (the margin for replays and inspection; 0 = as soon as consumed). Run by `recsys stream` every minute and by `recsys events prune`.")
     kafka_bootstrap: str = _f("", "Kafka bootstrap servers (host:port,...) when log = 'kafka'.")
     kafka_topic: str = _f("ratings", "Kafka topic of rating events.")
 
@@ -414,7 +415,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("stream.trending_slide_minutes must not exceed stream.trending_window_minutes")
     if bool(cfg.serving.tls_certfile) != bool(cfg.serving.tls_keyfile):
         raise ConfigError("serving.tls_certfile and serving.tls_keyfile go together")
-    for section, key in (("samples", "negatives"), ("serving", "model_breaker_failures")):
+    for section, key in (("samples", "negatives"), ("serving", "model_breaker_failures"), ("events", "retain_hours")):
         if getattr(getattr(cfg, section), key) < 0:
             raise ConfigError(f"{section}.{key} must be >= 0, got {getattr(getattr(cfg, section), key)}")
     from pipeline import recall as _recall  # local: recall imports config for types only
