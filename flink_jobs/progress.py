@@ -26,7 +26,8 @@ no longer listed is simply not seen again.
 
 ``retain`` is the retention step (``recsys stream`` runs it every minute, ``recsys events prune``
 on demand): compact the committed progress records into ``<checkpoint dir>/retention.json``,
-delete the segments consumed and older than ``events.retain_hours`` (by ctime). Assumes the Flink TaskManagers and the spool's file system share a clock (one machine,
+delete the segments consumed and older than ``events.retain_hours`` (by ctime), delete old dead
+letters. Assumes the Flink TaskManagers and the spool's file system share a clock (one machine,
 or NTP): a TaskManager clock behind the spool's by d makes segments renamed within d before a
 record look visible too late.
 """
@@ -41,9 +42,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.config import Config
-from pipeline.events import segments, spool_dir
+from pipeline.events import dead_letter_dir, segments, spool_dir
 from pipeline.home import Home, HomeLocked, atomic_write_text
-from pipeline.retention import PruneLedger, count_lines, delete_segments, finish_deleting, reset_ledger
+from pipeline.retention import (PruneLedger, count_lines, delete_segments, finish_deleting, prune_dead_letters,
+                                reset_ledger)
 
 from flink_jobs.checkpoints import checkpoint_dir
 
@@ -181,20 +183,23 @@ def reset_lineage(cfg: Config) -> None:
 
 
 def retain(cfg: Config, now: float | None = None) -> dict[str, int]:
-    """The retention step: consumed spool segments past ``events.retain_hours``.
+    """The retention step: consumed spool segments past ``events.retain_hours``, old dead letters.
 
     Returns the counts deleted; {"skipped": 1} when another retention step holds the home's lock.
     """
     now = time.time() if now is None else now
     try:
-        with Home(cfg.home).lock("retention", "deleting consumed spool segments"):
-            out = {"segments": 0}
+        with Home(cfg.home).lock("retention", "deleting consumed spool segments and old dead letters"):
+            out = {"segments": 0, "dead_letters": 0}
             if cfg.events.log == "spool" and spool_dir(cfg).is_dir():
                 consumed_t = update_consumed(cfg)
                 ledger = finish_deleting(spool_dir(cfg))
                 spool = spool_segments(spool_dir(cfg), ledger.deleting)
                 out["segments"] = delete_segments(spool_dir(cfg), [s.path for s in deletable(
                     spool, consumed_t, now, cfg.events.retain_hours)])
+            if dead_letter_dir(cfg).is_dir():
+                out["dead_letters"] = len(prune_dead_letters(dead_letter_dir(cfg), cfg.events.dead_letter_keep_days,
+                                                             int(cfg.events.dead_letter_max_mb * 2**20), now))
             return out
     except HomeLocked:
         return {"skipped": 1}
@@ -207,6 +212,6 @@ def retain_quietly(cfg: Config, log_fn: Any) -> None:
     except (OSError, ValueError) as exc:
         log_fn(f"retention step failed, retrying in {RETAIN_EVERY_S:g} s: {exc}")
         return
-    if out.get("segments"):
-        log_fn(f"retention: deleted {out['segments']} consumed spool segments")
+    if out.get("segments") or out.get("dead_letters"):
+        log_fn(f"retention: deleted {out['segments']} consumed spool segments, {out['dead_letters']} dead-letter files")
 

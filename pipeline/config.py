@@ -194,6 +194,8 @@ class EventsConfig:
     roll_seconds: float = _f(1.0, "A spool segment is closed and made visible (atomic rename) after this many seconds ...")
     roll_events: int = _f(500, "... or this many events, whichever comes first.")
     retain_hours: float = _f(24.0, "A spool segment is deleted once a completed checkpoint of the stream job has consumed it and it has been in the spool this many hours (the margin for replays and inspection; 0 = as soon as consumed). Run by `recsys stream` every minute and by `recsys events prune`.")
+    dead_letter_keep_days: float = _f(7.0, "Dead-letter files older than this many days are deleted by the same retention step (0 = no age limit).")
+    dead_letter_max_mb: float = _f(1024.0, "... and the oldest ones while all of them together exceed this many MiB (0 = no size limit).")
     kafka_bootstrap: str = _f("", "Kafka bootstrap servers (host:port,...) when log = 'kafka'.")
     kafka_topic: str = _f("ratings", "Kafka topic of rating events.")
 
@@ -415,7 +417,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("stream.trending_slide_minutes must not exceed stream.trending_window_minutes")
     if bool(cfg.serving.tls_certfile) != bool(cfg.serving.tls_keyfile):
         raise ConfigError("serving.tls_certfile and serving.tls_keyfile go together")
-    for section, key in (("samples", "negatives"), ("serving", "model_breaker_failures"), ("events", "retain_hours")):
+    for section, key in (("samples", "negatives"), ("serving", "model_breaker_failures"), ("events", "retain_hours"),
+                         ("events", "dead_letter_keep_days"), ("events", "dead_letter_max_mb")):
         if getattr(getattr(cfg, section), key) < 0:
             raise ConfigError(f"{section}.{key} must be >= 0, got {getattr(getattr(cfg, section), key)}")
     from pipeline import recall as _recall  # local: recall imports config for types only

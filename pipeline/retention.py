@@ -1,4 +1,4 @@
-"""Bounded storage on the event path: deleting consumed spool segments.
+"""Bounded storage on the event path: deleting consumed spool segments and old dead letters.
 
 The rules that decide *what* may go live with their owners (``flink_jobs.progress`` knows which
 segments a completed checkpoint consumed); this module does the deleting, and keeps the spool's
@@ -13,18 +13,25 @@ first records the segments about to go (``deleting``, their lines already added)
 unlinked, then the list is cleared; a deletion interrupted in between is finished by the next
 one, and a counter ignores the names listed there. The file is hidden (leading ``.``), so Flink's
 FileSource never reads it.
+
+Dead letters (the stream job's ``dead-*.jsonl`` files, one per checkpoint that saw a malformed
+line) are deleted past ``events.dead_letter_keep_days``, then oldest first while their total size
+exceeds ``events.dead_letter_max_mb``. Only committed files: the FileSink's in-progress files are
+hidden (``.dead-...inprogress...``) and never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.home import atomic_write_text
 
 LEDGER_NAME = ".pruned.json"
+DEAD_LETTER_GLOB = "dead-*.jsonl"
 
 
 def count_lines(path: Path) -> int:
@@ -88,3 +95,25 @@ def reset_ledger(directory: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         (Path(directory) / LEDGER_NAME).unlink()
 
+
+def prune_dead_letters(directory: Path, keep_days: float, max_bytes: int, now: float) -> list[Path]:
+    """Delete committed dead-letter files older than ``keep_days`` (0: no age limit), then the oldest
+    while the rest exceed ``max_bytes`` (0: no size limit). Returns what was deleted."""
+    files = []
+    for path in Path(directory).glob(DEAD_LETTER_GLOB):
+        with contextlib.suppress(FileNotFoundError):
+            st = path.stat()
+            files.append((st.st_mtime, path.name, path, st.st_size))
+    files.sort()
+    removed: list[Path] = []
+    total = sum(f[3] for f in files)
+    for mtime, _, path, size in files:
+        too_old = keep_days > 0 and now - mtime > keep_days * 86_400
+        too_big = max_bytes > 0 and total > max_bytes
+        if not (too_old or too_big):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        total -= size
+        removed.append(path)
+    return removed

@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("action", choices=("show", "sample"))
     conf.set_defaults(func=ops_cmd.cmd_config)
 
-    ev = sub.add("events", help="the event path's storage: prune deletes consumed spool segments")
+    ev = sub.add("events", help="the event path's storage: prune deletes consumed spool segments and old dead letters")
     ev.add_argument("action", choices=("prune",))
     ev.set_defaults(func=ops_cmd.cmd_events)
 

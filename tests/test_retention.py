@@ -1,4 +1,4 @@
-"""Bounded storage on the event path, the logic without Flink: which segments are consumed, the ledger.
+"""Bounded storage on the event path, the logic without Flink: which segments are consumed, the ledger, dead letters.
 
 The job's side (progress records committed by real checkpoints, deleting read segments under a
 running and a restored job) is in tests/test_stream_job.py; here the progress files are written
@@ -7,6 +7,8 @@ by hand in the committed format, so every rule can be pinned with exact times.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -16,8 +18,8 @@ from flink_jobs.control import SpoolCounter
 from flink_jobs.progress import (Segment, consumed_until, deletable, progress_dir, progress_record, reset_lineage,
                                  retain)
 from pipeline.config import ConfigError
-from pipeline.events import SpoolWriter, new_event, segments, spool_dir
-from pipeline.retention import LEDGER_NAME, PruneLedger, delete_segments, finish_deleting
+from pipeline.events import SpoolWriter, dead_letter_dir, new_event, segments, spool_dir
+from pipeline.retention import LEDGER_NAME, PruneLedger, delete_segments, finish_deleting, prune_dead_letters
 from tests.conftest import make_config
 
 
@@ -93,7 +95,7 @@ def test_retain_deletes_only_consumed_segments_past_the_margin(tmp_path: Path) -
     newer = _spool_with(cfg, 1)[-1]
     counter = SpoolCounter(spool_dir(cfg))
     assert counter() == 12
-    assert retain(cfg, now=t_all + 25 * 3600) == {"segments": 3}
+    assert retain(cfg, now=t_all + 25 * 3600) == {"segments": 3, "dead_letters": 0}
     assert segments(spool_dir(cfg)) == [newer]
     assert PruneLedger.read(spool_dir(cfg)) == PruneLedger(lines=9, deleting=[])
     assert counter() == 12, "deleted lines still count as accepted: waits for the job stay right"
@@ -120,7 +122,33 @@ def test_a_broken_ledger_is_an_error_naming_it(tmp_path: Path) -> None:
         PruneLedger.read(tmp_path)
 
 
-@pytest.mark.parametrize("key", ["retain_hours"])
+def test_dead_letters_past_their_age_or_beyond_the_total_size_are_deleted_oldest_first(tmp_path: Path) -> None:
+    now = 1_700_000_000.0
+    ages_days = {"dead-a-0.jsonl": 10, "dead-b-0.jsonl": 6, "dead-c-0.jsonl": 3, "dead-d-0.jsonl": 1}
+    for name, days in ages_days.items():
+        path = tmp_path / name
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (now - days * 86_400, now - days * 86_400))
+    hidden = tmp_path / ".dead-e-0.jsonl.inprogress.1234"  # the FileSink's open file: never touched
+    hidden.write_bytes(b"x")
+    os.utime(hidden, (now - 30 * 86_400,) * 2)
+    assert [p.name for p in prune_dead_letters(tmp_path, 7, 0, now)] == ["dead-a-0.jsonl"]
+    assert prune_dead_letters(tmp_path, 7, 3000, now) == []
+    assert [p.name for p in prune_dead_letters(tmp_path, 0, 1500, now)] == ["dead-b-0.jsonl", "dead-c-0.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dead-e-0.jsonl.inprogress.1234", "dead-d-0.jsonl"]
+
+
+def test_retain_prunes_dead_letters_by_the_configured_days(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, events={"dead_letter_keep_days": 2})
+    dead_letter_dir(cfg).mkdir(parents=True)
+    old, new = dead_letter_dir(cfg) / "dead-x-0.jsonl", dead_letter_dir(cfg) / "dead-x-1.jsonl"
+    for path in (old, new):
+        path.write_text(json.dumps({"raw": "x", "error": "not JSON", "seen_at": 0}) + "\n")
+    os.utime(old, (old.stat().st_mtime - 3 * 86_400,) * 2)
+    assert retain(cfg)["dead_letters"] == 1 and not old.exists() and new.exists()
+
+
+@pytest.mark.parametrize("key", ["retain_hours", "dead_letter_keep_days", "dead_letter_max_mb"])
 def test_negative_retention_settings_are_refused(tmp_path: Path, key: str) -> None:
     with pytest.raises(ConfigError, match=f"events.{key} must be >= 0"):
         make_config(tmp_path, events={key: -1})

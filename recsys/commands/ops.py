@@ -51,5 +51,5 @@ def cmd_events(args: argparse.Namespace) -> int:
         out.print(f"another retention step is running (lock {Home(cfg.home).locks / 'retention.lock'}); nothing done")
         return 1
     out.print(f"deleted {done['segments']} consumed spool segments (older than events.retain_hours = "
-              f"{cfg.events.retain_hours:g})")
+              f"{cfg.events.retain_hours:g}) and {done['dead_letters']} dead-letter files")
     return 0
