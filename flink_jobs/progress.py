@@ -134,14 +134,26 @@ def _parse_records(paths: list[Path]) -> list[tuple[int, int, float]]:
     return out
 
 
+_LINES: dict[Path, tuple[int, float, int]] = {}  # path -> (size, ctime, lines): segments are immutable once visible
+
+
 def spool_segments(directory: Path, ignore: Iterable[str] = ()) -> list[Segment]:
+    """The visible segments (less ``ignore``) with their lines, counted once per process (a day of
+    segments is tens of thousands of files; `recsys stream` runs this every minute)."""
     skip = set(ignore)
     out = []
     for path in segments(directory):
         if path.name in skip:
             continue
         with contextlib.suppress(FileNotFoundError):
-            out.append(Segment(path, count_lines(path), path.stat().st_ctime))
+            st = path.stat()
+            known = _LINES.get(path)
+            if known is None or known[:2] != (st.st_size, st.st_ctime):
+                known = _LINES[path] = (st.st_size, st.st_ctime, count_lines(path))
+            out.append(Segment(path, known[2], st.st_ctime))
+    for gone in set(_LINES) - {s.path for s in out}:
+        if gone.parent == Path(directory):
+            del _LINES[gone]
     return out
 
 
