@@ -45,6 +45,7 @@ class JobSettings:
     trending_slide_s: int
     sink_batch: int
     dedup_ttl_hours: int
+    online_ttl_s: int = 0  # expiry of online:hist/user/movie, refreshed by each write (0 = none)
     progress: bool = False  # StreamStats reports progress records (spool source: flink_jobs.progress)
 
 
@@ -64,7 +65,7 @@ class _RedisFunction:
 
         self.keys = K.Keys(self.settings.key_prefix)
         self.client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30)
-        self.writer = BufferedWriter(self.client, self.settings.sink_batch)
+        self.writer = BufferedWriter(self.client, self.settings.sink_batch, self.settings.online_ttl_s)
         # PyFlink evaluates gauges when it finishes a bundle (every python.fn-execution.bundle.time
         # ms, and before every checkpoint barrier): the flush rides on that hook.
         ctx.get_metrics_group().gauge("redisWritesFlushed", self.writer.flush)

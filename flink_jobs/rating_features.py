@@ -44,7 +44,7 @@ def settings_for(cfg: Config, redis_url: str):  # noqa: ANN201 - JobSettings (im
                        trending_window_s=cfg.stream.trending_window_minutes * 60,
                        trending_slide_s=cfg.stream.trending_slide_minutes * 60,
                        sink_batch=cfg.stream.sink_batch, dedup_ttl_hours=cfg.stream.dedup_ttl_hours,
-                       progress=cfg.events.log == "spool")
+                       online_ttl_s=cfg.stream.online_ttl_hours * 3600, progress=cfg.events.log == "spool")
 
 
 def kafka_jar(cfg: Config) -> Path:

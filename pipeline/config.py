@@ -265,6 +265,7 @@ class StreamConfig:
     trending_slide_minutes: int = _f(5, "... and how often it slides.")
     sink_batch: int = _f(200, "Redis writes buffered into one pipeline before a flush (and at every checkpoint).")
     dedup_ttl_hours: int = _f(72, "How long a seen event id is remembered (replays within it count once).")
+    online_ttl_hours: int = _f(720, "Expiry of the online keys the job writes per user and movie (online:hist, online:user, online:movie), refreshed by every write: a user or movie without events for this long leaves Redis (the batch keys still serve it; keep it longer than the batch cadence). 0 = no expiry.")
     reorder_events: int = _f(64, "Per user, how many latest events are kept to re-apply in time order when events arrive out of order (spool segments of a backlog are read in no fixed order).")
 
 
@@ -417,7 +418,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("stream.trending_slide_minutes must not exceed stream.trending_window_minutes")
     if bool(cfg.serving.tls_certfile) != bool(cfg.serving.tls_keyfile):
         raise ConfigError("serving.tls_certfile and serving.tls_keyfile go together")
-    for section, key in (("samples", "negatives"), ("serving", "model_breaker_failures"), ("events", "retain_hours"),
+    for section, key in (("samples", "negatives"), ("serving", "model_breaker_failures"), ("events", "retain_hours"), ("stream", "online_ttl_hours"),
                          ("events", "dead_letter_keep_days"), ("events", "dead_letter_max_mb")):
         if getattr(getattr(cfg, section), key) < 0:
             raise ConfigError(f"{section}.{key} must be >= 0, got {getattr(getattr(cfg, section), key)}")

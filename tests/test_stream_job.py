@@ -151,6 +151,9 @@ def run(redis_srv, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]: 
         out["A"]["trending"] = _poll("trending A", lambda: _snapshot(client, keys, set(), set())["trending"],
                                      lambda t: t == expected_trending(a))
         out["events_A"] = a
+        out["ttl_A"] = {name: client.ttl(key) for name, key in [
+            ("hist", keys.online_history(1)), ("user", keys.online_user(1)), ("movie", keys.online_movie(a[0].movie_id)),
+            ("trending", keys.trending()), ("stats", keys.stream_stats())]}
         out["dead_letters"] = _poll("dead letters", lambda: sorted(dead_letter_dir(cfg).glob("dead*.jsonl")),
                                     lambda files: sum(len(f.read_text().splitlines()) for f in files) >= len(BAD_LINES))
 
@@ -348,3 +351,11 @@ def test_consumed_segments_are_deleted_only_after_a_checkpoint_and_the_margin(ru
     assert d["restored_stats"]["consumed"] == run["final_stats"]["consumed"] + d["extra_events"], \
         "restored after its read segments were deleted, the job read the unread one and nothing twice"
     assert d["restored_left"] == []
+
+
+def test_the_jobs_online_keys_expire_after_the_configured_ttl(run: dict[str, Any]) -> None:
+    ttl = run["cfg"].stream.online_ttl_hours * 3600
+    assert ttl == 720 * 3600, "the default: 30 days"
+    for name in ("hist", "user", "movie"):
+        assert ttl - 600 <= run["ttl_A"][name] <= ttl, f"online:{name} expires {ttl} s after its last write"
+    assert run["ttl_A"]["trending"] == -1 and run["ttl_A"]["stats"] == -1
