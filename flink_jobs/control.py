@@ -35,8 +35,10 @@ from pipeline.config import Config, config_toml
 from pipeline.events import IN_PROGRESS_PREFIX, segments, spool_dir
 from pipeline.home import Home, atomic_write_text
 from pipeline.redis_server import display_url
+from pipeline.retention import PruneLedger, count_lines
 
 from flink_jobs.checkpoints import checkpoint_dir, latest_checkpoint, prune
+from flink_jobs.progress import RETAIN_EVERY_S, reset_lineage, retain_quietly
 from flink_jobs.rating_features import JOB_NAME, build, check_setup, make_env
 
 
@@ -65,21 +67,31 @@ class SpoolCounter:
         self._counts: dict[Path, int] = {}
 
     @staticmethod
-    def _lines(path: Path, complete_only: bool = False) -> int:
+    def _complete_lines(path: Path) -> int:
         with open(path, "rb") as fh:
-            return sum(1 for line in fh if line.strip() and (line.endswith(b"\n") or not complete_only))
+            return sum(1 for line in fh if line.strip() and line.endswith(b"\n"))
 
     def __call__(self) -> int:
+        """Accepted lines: in-progress, visible, and deleted by the retention step (``pipeline.retention``).
+
+        The ledger is read before the listing: a deletion in between is then counted twice (a longer
+        wait), never missed."""
+        ledger = PruneLedger.read(self.directory)
         pending = 0
         for path in self.directory.glob(f"{IN_PROGRESS_PREFIX}*"):
             try:
-                pending += self._lines(path, complete_only=True)
+                pending += self._complete_lines(path)
             except FileNotFoundError:
                 pass  # rolled meanwhile: listed with the segments below
-        for path in segments(self.directory):
+        listed = [p for p in segments(self.directory) if p.name not in ledger.deleting]
+        for path in listed:
             if path not in self._counts:
-                self._counts[path] = self._lines(path)
-        return pending + sum(self._counts.values())
+                try:
+                    self._counts[path] = count_lines(path)
+                except FileNotFoundError:
+                    self._counts[path] = 0  # deleted meanwhile: its lines are in the ledger read above
+        self._counts = {p: self._counts[p] for p in listed}
+        return pending + ledger.lines + sum(self._counts.values())
 
 
 def completed_checkpoints(cfg: Config, job_id: str | None = None) -> list[tuple[float, Path]]:
@@ -174,6 +186,8 @@ def run_foreground(cfg: Config, redis_url: str | None = None, restore: bool = Tr
         f"{Home(cfg.home).dead_letter if not cfg.events.dead_letter_dir else cfg.events.dead_letter_dir}")
     log(f"checkpoints every {cfg.stream.checkpoint_interval_ms} ms in {ckpt_dir}; "
         f"{'restoring from ' + str(restore_from) if restore_from else 'starting from empty state'}")
+    if restore_from is None:
+        reset_lineage(cfg)  # empty state: it will count only the lines still in the spool
     env = make_env(cfg, restore_from, local=True)
     build(env, cfg, url)
     job = env.execute_async(JOB_NAME)
@@ -186,7 +200,7 @@ def run_foreground(cfg: Config, redis_url: str | None = None, restore: bool = Tr
     previous = signal.signal(signal.SIGTERM, on_term)
     counter = SpoolCounter(spool_dir(cfg)) if cfg.events.log == "spool" else None
     started = time.monotonic()
-    last_status = started
+    last_status, last_retain = started, started
     last_change, last_lines = started, -1
     rc = 0
     try:
@@ -207,6 +221,9 @@ def run_foreground(cfg: Config, redis_url: str | None = None, restore: bool = Tr
                 last_status = now
                 log(f"{stats['applied']} applied, {stats['duplicate']} duplicates, {stats['malformed']} malformed"
                     + (f"; spool {lines} lines" if counter else ""))
+            if now - last_retain >= RETAIN_EVERY_S:
+                last_retain = now
+                retain_quietly(cfg, log)
             if max_seconds is not None and now - started >= max_seconds:
                 log(f"stopping after {max_seconds:g} s")
                 break

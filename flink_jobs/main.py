@@ -22,6 +22,7 @@ from typing import Callable
 
 from flink_jobs.checkpoints import checkpoint_dir, latest_checkpoint
 from flink_jobs.control import resolve_redis_url, run_foreground
+from flink_jobs.progress import reset_lineage
 from flink_jobs.rating_features import JOB_NAME, StreamSetupError, build, check_setup, make_env
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.redis_server import RedisUnavailable, redis_for_home
@@ -57,6 +58,8 @@ def _stderr(message: str) -> None:
 def submit(cfg: Config, restore: bool = True) -> int:
     """Build the graph on the Flink client's environment and submit it (`flink run -py`)."""
     restore_from = latest_checkpoint(checkpoint_dir(cfg)) if restore else None
+    if restore_from is None:
+        reset_lineage(cfg)
     env = make_env(cfg, restore_from, local=False)
     build(env, cfg, resolve_redis_url(cfg))
     client = env.execute_async(JOB_NAME)

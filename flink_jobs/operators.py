@@ -45,6 +45,8 @@ class JobSettings:
     trending_slide_s: int
     sink_batch: int
     dedup_ttl_hours: int
+    online_ttl_s: int = 0  # expiry of online:hist/user/movie, refreshed by each write (0 = none)
+    progress: bool = False  # StreamStats reports progress records (spool source: flink_jobs.progress)
 
 
 def shard_of(value: Any) -> int:
@@ -63,7 +65,7 @@ class _RedisFunction:
 
         self.keys = K.Keys(self.settings.key_prefix)
         self.client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30)
-        self.writer = BufferedWriter(self.client, self.settings.sink_batch)
+        self.writer = BufferedWriter(self.client, self.settings.sink_batch, self.settings.online_ttl_s)
         # PyFlink evaluates gauges when it finishes a bundle (every python.fn-execution.bundle.time
         # ms, and before every checkpoint barrier): the flush rides on that hook.
         ctx.get_metrics_group().gauge("redisWritesFlushed", self.writer.flush)
@@ -179,7 +181,8 @@ class MovieStats(KeyedProcessFunction, _RedisFunction):
 
 
 class StreamStats(KeyedProcessFunction, _RedisFunction):
-    """Keyed by shard: absolute progress counters -> the online:stats hash (what wait_until_consumed polls)."""
+    """Keyed by shard: absolute progress counters -> the online:stats hash (what wait_until_consumed polls),
+    and once a second per shard a progress record for the checkpoint-committed progress sink."""
 
     def __init__(self, settings: JobSettings) -> None:
         self.settings = settings
@@ -189,10 +192,24 @@ class StreamStats(KeyedProcessFunction, _RedisFunction):
         self._open_redis(ctx)
 
     def process_element(self, stat: tuple, ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
+        from flink_jobs.progress import PROGRESS_EVERY_MS
+
         shard, counter = stat
         raw = self.counts.value()
         counts = json.loads(raw) if raw else {}
         counts[counter] = counts.get(counter, 0) + 1
         self.counts.update(json.dumps(counts))
         self.writer.hset_field(self.keys.stream_stats(), K.stream_stat_field(counter, shard), str(counts[counter]))
+        if self.settings.progress:
+            # One timer per shard and second (Flink keeps one per key and timestamp): the progress report.
+            now = ctx.timer_service().current_processing_time()
+            ctx.timer_service().register_processing_time_timer((now // PROGRESS_EVERY_MS + 1) * PROGRESS_EVERY_MS)
         return []
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable[Any]:
+        """Report the shard's counted lines with the wall time they were read at (flink_jobs.progress says why)."""
+        from flink_jobs.progress import progress_record
+
+        raw = self.counts.value()
+        if raw:
+            yield progress_record(ctx.get_current_key(), sum(json.loads(raw).values()), time.time())

@@ -9,6 +9,7 @@ Graph (operator uids in brackets; they keep state addressable across code change
       -> keyBy(movie) MovieStats                    [movie-stats]    online:movie, online:trending
     progress counters from parse and user-features
       -> keyBy(shard) StreamStats                   [stream-stats]   online:stats
+           -> FileSink progress records (spool source) [progress]      <checkpoint dir>/progress
 
 This module builds the graph and its Flink configuration; it has no entry point.
 The plane's one entry is ``flink_jobs/main.py`` (``recsys stream``, ``python -m
@@ -42,7 +43,8 @@ def settings_for(cfg: Config, redis_url: str):  # noqa: ANN201 - JobSettings (im
                        half_life_days=cfg.features.genre_half_life_days, reorder_events=cfg.stream.reorder_events,
                        trending_window_s=cfg.stream.trending_window_minutes * 60,
                        trending_slide_s=cfg.stream.trending_slide_minutes * 60,
-                       sink_batch=cfg.stream.sink_batch, dedup_ttl_hours=cfg.stream.dedup_ttl_hours)
+                       sink_batch=cfg.stream.sink_batch, dedup_ttl_hours=cfg.stream.dedup_ttl_hours,
+                       online_ttl_s=cfg.stream.online_ttl_hours * 3600, progress=cfg.events.log == "spool")
 
 
 def kafka_jar(cfg: Config) -> Path:
@@ -118,17 +120,21 @@ def _source(env: Any, cfg: Config) -> Any:
     return env.from_source(source, WatermarkStrategy.no_watermarks(), "spool").uid("source")
 
 
-def _dead_letter_sink(cfg: Config) -> Any:
-    """Exactly-once files under the dead-letter dir: a part file per checkpoint, visible when it completes."""
+def _checkpointed_files(out: Path, prefix: str) -> Any:
+    """Exactly-once JSON-lines files in ``out``: a part file per checkpoint (only when it has lines),
+    hidden while in progress, visible under ``<prefix>-<uuid>-<n>.jsonl`` when the checkpoint completes."""
     from pyflink.common.serialization import Encoder
     from pyflink.datastream.connectors.file_system import BucketAssigner, FileSink, OutputFileConfig, RollingPolicy
 
-    out = dead_letter_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     return (FileSink.for_row_format(str(out.absolute()), Encoder.simple_string_encoder())
             .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
-            .with_output_file_config(OutputFileConfig.builder().with_part_prefix("dead").with_part_suffix(".jsonl").build())
+            .with_output_file_config(OutputFileConfig.builder().with_part_prefix(prefix).with_part_suffix(".jsonl").build())
             .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy()).build())
+
+
+def _dead_letter_sink(cfg: Config) -> Any:
+    return _checkpointed_files(dead_letter_dir(cfg), "dead")
 
 
 def build(env: Any, cfg: Config, redis_url: str) -> None:
@@ -159,8 +165,12 @@ def build(env: Any, cfg: Config, redis_url: str) -> None:
     (users.key_by(lambda e: e[2], key_type=Types.LONG())
      .process(ops.MovieStats(settings), output_type=Types.STRING()).uid("movie-stats").name("movie-stats"))
     stats = parsed.get_side_output(ops.STATS).union(users.get_side_output(ops.STATS))
-    (stats.key_by(lambda s: s[0], key_type=Types.INT())
-     .process(ops.StreamStats(settings), output_type=Types.STRING()).uid("stream-stats").name("stream-stats"))
+    progress = (stats.key_by(lambda s: s[0], key_type=Types.INT())
+                .process(ops.StreamStats(settings), output_type=Types.STRING()).uid("stream-stats").name("stream-stats"))
+    if settings.progress:  # which spool segments completed checkpoints consumed (flink_jobs.progress)
+        from flink_jobs.progress import PROGRESS_PREFIX, progress_dir
+
+        progress.sink_to(_checkpointed_files(progress_dir(cfg), PROGRESS_PREFIX)).uid("progress").name("progress")
 
 
 def make_env(cfg: Config, restore_from: Path | None, local: bool = True) -> Any:

@@ -25,11 +25,18 @@ from pipeline import keys as K
 
 
 class BufferedWriter:
-    """Last-write-wins buffer of Redis writes, flushed as one non-transactional pipeline."""
+    """Last-write-wins buffer of Redis writes, flushed as one non-transactional pipeline.
 
-    def __init__(self, client: redis.Redis, batch: int) -> None:
+    ``ttl_s`` > 0: every whole-value write (``set``, ``hset``: the per-user and per-movie online
+    keys) also sets that expiry, in the same pipeline (no extra round trip), so a key lives
+    ``ttl_s`` after its last write. Counter fields (``hset_field``: online:stats, which progress
+    waits read) and ZSET scores (trending, bounded by its window) get none.
+    """
+
+    def __init__(self, client: redis.Redis, batch: int, ttl_s: int = 0) -> None:
         self.client = client
         self.batch = max(1, int(batch))
+        self.ttl_s = max(0, int(ttl_s))
         self._pending: dict[tuple[str, str, str], tuple[str, Any]] = {}
         self.flushed = 0  # writes sent so far (a metric)
 
@@ -63,9 +70,11 @@ class BufferedWriter:
         pipe = self.client.pipeline(transaction=False)
         for (_, key, member), (kind, value) in self._pending.items():
             if kind == "set":
-                pipe.set(key, value)
+                pipe.set(key, value, ex=self.ttl_s or None)
             elif kind == "hset":
                 pipe.hset(key, mapping=value)
+                if self.ttl_s:
+                    pipe.expire(key, self.ttl_s)
             elif kind == "hfield":
                 pipe.hset(key, member, value)
             elif kind == "zadd":

@@ -193,6 +193,9 @@ class EventsConfig:
     dead_letter_dir: str = _f("", "Where malformed events go with their reason; empty = <home>/events/dead-letter.")
     roll_seconds: float = _f(1.0, "A spool segment is closed and made visible (atomic rename) after this many seconds ...")
     roll_events: int = _f(500, "... or this many events, whichever comes first.")
+    retain_hours: float = _f(24.0, "A spool segment is deleted once a completed checkpoint of the stream job has consumed it and it has been in the spool this many hours (the margin for replays and inspection; 0 = as soon as consumed). Run by `recsys stream` every minute and by `recsys events prune`.")
+    dead_letter_keep_days: float = _f(7.0, "Dead-letter files older than this many days are deleted by the same retention step (0 = no age limit).")
+    dead_letter_max_mb: float = _f(1024.0, "... and the oldest ones while all of them together exceed this many MiB (0 = no size limit).")
     kafka_bootstrap: str = _f("", "Kafka bootstrap servers (host:port,...) when log = 'kafka'.")
     kafka_topic: str = _f("ratings", "Kafka topic of rating events.")
 
@@ -266,6 +269,7 @@ class StreamConfig:
     trending_slide_minutes: int = _f(5, "... and how often it slides.")
     sink_batch: int = _f(200, "Redis writes buffered into one pipeline before a flush (and at every checkpoint).")
     dedup_ttl_hours: int = _f(72, "How long a seen event id is remembered (replays within it count once).")
+    online_ttl_hours: int = _f(720, "Expiry of the online keys the job writes per user and movie (online:hist, online:user, online:movie), refreshed by every write: a user or movie without events for this long leaves Redis (the batch keys still serve it; keep it longer than the batch cadence). 0 = no expiry.")
     reorder_events: int = _f(64, "Per user, how many latest events are kept to re-apply in time order when events arrive out of order (spool segments of a backlog are read in no fixed order).")
 
 
@@ -420,7 +424,9 @@ def _validate(cfg: Config) -> None:
     if bool(cfg.serving.tls_certfile) != bool(cfg.serving.tls_keyfile):
         raise ConfigError("serving.tls_certfile and serving.tls_keyfile go together")
     for section, key in (("samples", "negatives"), ("serving", "model_breaker_failures"),
-                         ("serving", "model_intra_op_threads"), ("serving", "model_inter_op_threads")):
+                         ("serving", "model_intra_op_threads"), ("serving", "model_inter_op_threads"),
+                         ("events", "retain_hours"), ("stream", "online_ttl_hours"),
+                         ("events", "dead_letter_keep_days"), ("events", "dead_letter_max_mb")):
         if getattr(getattr(cfg, section), key) < 0:
             raise ConfigError(f"{section}.{key} must be >= 0, got {getattr(getattr(cfg, section), key)}")
     from pipeline import recall as _recall  # local: recall imports config for types only

@@ -4,7 +4,7 @@
     recsys <command> ... [--home DIR] [--config FILE] [--verbose]     # the same
 
 Commands: ``data`` (synth, inspect), ``batch``, ``evaluate``, ``train``, ``export``,
-``explain``, ``serve``, ``stream``, ``redis``, ``config``, ``demo``. Bare ``recsys``
+``explain``, ``serve``, ``stream``, ``events``, ``redis``, ``config``, ``demo``. Bare ``recsys``
 prints this help; ``recsys --version`` the version. Errors a user can fix (bad input,
 bad config, missing data) print one clear line and exit 2; nothing prints a traceback
 unless ``RECSYS_DEBUG=1``. Commands that start Spark, Flink or TensorFlow send those
@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     conf = sub.add("config", help="show the effective configuration or the commented sample")
     conf.add_argument("action", choices=("show", "sample"))
     conf.set_defaults(func=ops_cmd.cmd_config)
+
+    ev = sub.add("events", help="the event path's storage: prune deletes consumed spool segments and old dead letters")
+    ev.add_argument("action", choices=("prune",))
+    ev.set_defaults(func=ops_cmd.cmd_events)
 
     st = sub.add("stream", help="the Flink job: rating events -> online features in Redis, until Ctrl-C")
     add_job_arguments(st)  # the job's own options, the same as `python -m flink_jobs.main`

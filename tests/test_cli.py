@@ -11,7 +11,7 @@ import pytest
 from recsys import cli
 
 COMMANDS = [[], ["data"], ["data", "synth"], ["data", "inspect"], ["batch"], ["evaluate"], ["train"], ["export"],
-            ["explain"], ["redis"], ["config"],
+            ["explain"], ["redis"], ["config"], ["events"], ["events", "prune"],
             ["demo"]]
 
 

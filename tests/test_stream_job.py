@@ -151,6 +151,9 @@ def run(redis_srv, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]: 
         out["A"]["trending"] = _poll("trending A", lambda: _snapshot(client, keys, set(), set())["trending"],
                                      lambda t: t == expected_trending(a))
         out["events_A"] = a
+        out["ttl_A"] = {name: client.ttl(key) for name, key in [
+            ("hist", keys.online_history(1)), ("user", keys.online_user(1)), ("movie", keys.online_movie(a[0].movie_id)),
+            ("trending", keys.trending()), ("stats", keys.stream_stats())]}
         out["dead_letters"] = _poll("dead letters", lambda: sorted(dead_letter_dir(cfg).glob("dead*.jsonl")),
                                     lambda files: sum(len(f.read_text().splitlines()) for f in files) >= len(BAD_LINES))
 
@@ -186,18 +189,63 @@ def run(redis_srv, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]: 
         raise
     writer.close()
 
+    everything = a + b + c
     handle = start_stream(cfg)
     try:
         out["final_stats"] = handle.wait_until_consumed(timeout=180)
         print(f"restarted run consumed everything: {out['final_stats']} ({time.monotonic() - t0:.1f} s)")
+        out["C"] = _snapshot(client, keys, {e.user_id for e in everything}, {e.movie_id for e in everything})
+        out["log"] = handle.log_tail(20_000)
+        out["D"] = _phase_d_retention(cfg, handle, rng, later + 10_000)
     finally:
         handle.stop()
-        out["log"] = handle.log_tail(20_000)
-    everything = a + b + c
     out["all_events"] = everything
-    out["C"] = _snapshot(client, keys, {e.user_id for e in everything}, {e.movie_id for e in everything})
     out["trending_C_expected"] = expected_trending(everything)
     client.close()
+    return out
+
+
+def _phase_d_retention(cfg, handle, rng: random.Random, ts: int) -> dict[str, Any]:  # noqa: ANN001
+    """Phase D (after the snapshots): the retention step against the running, the stopped and the restored job."""
+    from flink_jobs.control import SpoolCounter
+    from flink_jobs.progress import retain
+
+    spool, now_cfg = spool_dir(cfg), cfg.replace("events", retain_hours=0)
+    out: dict[str, Any] = {"before": segments(spool)}
+    out["default_margin"] = retain(cfg)  # everything consumed, nothing 24 h old
+    out["after_default_margin"] = segments(spool)
+    # Margin 0: every consumed segment goes once a checkpoint has committed the progress that proves it.
+    _poll("consumed segments deleted", lambda: retain(now_cfg) and segments(spool), lambda left: not left, timeout=60)
+    out["after_margin_0"] = segments(spool)
+    out["counter_after_delete"], out["stats_after_delete"] = SpoolCounter(spool)(), handle.stats()
+    # The running job goes on reading new segments after its read ones are gone.
+    writer = SpoolWriter(spool, roll_seconds=60.0, roll_events=40)
+    live = [new_event(300 + i % 3, 1 + i % 30, 4.0, ts + i, f"d-live-{i}") for i in range(10)]
+    for e in live:
+        writer.append(e)
+    writer.flush()
+    out["live_stats"] = handle.wait_until_consumed(timeout=60)
+    out["live_left"] = _poll("live segment deleted", lambda: retain(now_cfg) and segments(spool),
+                             lambda left: not left, timeout=60)
+    handle.stop()
+    # Stopped: a segment written now was consumed by no checkpoint, so even margin 0 keeps it.
+    unread = [new_event(310 + i % 3, 1 + i % 30, 3.0, ts + 100 + i, f"d-unread-{i}") for i in range(10)]
+    for e in unread:
+        writer.append(e)
+    writer.close()
+    out["unread_segment"] = segments(spool)
+    out["stopped_retain"] = retain(now_cfg)
+    out["stopped_left"] = segments(spool)
+    # Restored from the checkpoint that knew the deleted paths: it starts, reads the unread one, which then goes.
+    restarted = start_stream(cfg)
+    try:
+        out["restored_stats"] = restarted.wait_until_consumed(timeout=180)
+        _poll("unread segment deleted", lambda: retain(now_cfg) and segments(spool), lambda left: not left, timeout=60)
+        out["restored_left"] = segments(spool)
+        out["restored_log"] = restarted.log_tail(20_000)
+    finally:
+        restarted.stop()
+    out["extra_events"] = len(live) + len(unread)
     return out
 
 
@@ -285,3 +333,29 @@ def test_crash_and_restart_count_every_event_once(run: dict[str, Any]) -> None:
     assert stats["applied"] == len(events)
     assert stats["duplicate"] == run["duplicates"], "the restored source re-read nothing it had checkpointed"
     assert stats["malformed"] == len(BAD_LINES)
+
+
+def test_consumed_segments_are_deleted_only_after_a_checkpoint_and_the_margin(run: dict[str, Any]) -> None:
+    d = run["D"]
+    assert len(d["before"]) > 10
+    assert d["default_margin"]["segments"] == 0 and d["after_default_margin"] == d["before"], \
+        "within events.retain_hours nothing consumed is deleted"
+    assert d["after_margin_0"] == [], "margin 0: every segment a completed checkpoint consumed is deleted"
+    assert d["counter_after_delete"] == d["stats_after_delete"]["consumed"] == run["final_stats"]["consumed"], \
+        "deleted lines still count as accepted (the spool ledger)"
+    assert d["live_stats"]["consumed"] == run["final_stats"]["consumed"] + 10, "the job reads on after the deletion"
+    assert d["live_left"] == []
+    assert len(d["unread_segment"]) == 1 and d["stopped_retain"]["segments"] == 0 and \
+        d["stopped_left"] == d["unread_segment"], "a segment no checkpoint consumed stays"
+    assert "restoring from" in d["restored_log"].rsplit("reading spool", 1)[-1]
+    assert d["restored_stats"]["consumed"] == run["final_stats"]["consumed"] + d["extra_events"], \
+        "restored after its read segments were deleted, the job read the unread one and nothing twice"
+    assert d["restored_left"] == []
+
+
+def test_the_jobs_online_keys_expire_after_the_configured_ttl(run: dict[str, Any]) -> None:
+    ttl = run["cfg"].stream.online_ttl_hours * 3600
+    assert ttl == 720 * 3600, "the default: 30 days"
+    for name in ("hist", "user", "movie"):
+        assert ttl - 600 <= run["ttl_A"][name] <= ttl, f"online:{name} expires {ttl} s after its last write"
+    assert run["ttl_A"]["trending"] == -1 and run["ttl_A"]["stats"] == -1

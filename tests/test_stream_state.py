@@ -114,6 +114,42 @@ def test_buffered_writer_coalesces_and_removes_zero_scores(redis_client: redis.R
 
 
 @pytest.mark.redis
+def test_online_keys_expire_from_their_last_write_in_the_same_pipeline(redis_client: redis.Redis,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = K.Keys("tttl")
+    ttl = 720 * 3600  # the default stream.online_ttl_hours
+    executes: list[int] = []
+    real_execute = redis.client.Pipeline.execute
+
+    def counting_execute(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - the real one, counted
+        executes.append(len(self.command_stack))
+        return real_execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counting_execute)
+    w = BufferedWriter(redis_client, batch=100, ttl_s=ttl)
+    w.set(keys.online_history(1), "[1]")
+    w.hset(keys.online_user(1), {"n_ratings": "1"})
+    w.hset(keys.online_movie(5), {"n_ratings": "1"})
+    w.zscore(keys.trending(), "5", 1)
+    w.hset_field(keys.stream_stats(), "applied:0", "1")
+    w.flush()
+    assert executes == [7], "one round trip: 5 writes and the two hashes' EXPIREs (the SET carries EX itself)"
+    for key in (keys.online_history(1), keys.online_user(1), keys.online_movie(5)):
+        assert ttl - 5 <= redis_client.ttl(key) <= ttl, key
+    assert redis_client.ttl(keys.trending()) == -1 and redis_client.ttl(keys.stream_stats()) == -1, \
+        "trending (bounded by its window) and the progress counters never expire"
+    redis_client.expire(keys.online_user(1), 10)
+    w.hset(keys.online_user(1), {"n_ratings": "2"})  # a new write refreshes the expiry
+    w.flush()
+    assert redis_client.ttl(keys.online_user(1)) > ttl - 5
+    never = BufferedWriter(redis_client, batch=100, ttl_s=0)
+    never.set(keys.online_history(2), "[1]")
+    never.hset(keys.online_user(2), {"n_ratings": "1"})
+    never.flush()
+    assert redis_client.ttl(keys.online_history(2)) == -1 and redis_client.ttl(keys.online_user(2)) == -1
+
+
+@pytest.mark.redis
 def test_genre_cache_reads_the_published_version(redis_client: redis.Redis) -> None:
     keys = K.Keys("tg")
     cache = GenreCache(redis_client, keys)

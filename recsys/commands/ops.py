@@ -1,4 +1,4 @@
-"""`recsys redis|config`: operating the home's Redis and the configuration."""
+"""`recsys redis|config|events`: operating the home's Redis, the configuration and the event path's storage."""
 
 from __future__ import annotations
 
@@ -38,4 +38,18 @@ def cmd_config(args: argparse.Namespace) -> int:
         sys.stdout.write(sample_toml())
         return 0
     out.print_json(json.dumps(as_dict(config_from(args))))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """`recsys events prune`: the stream's retention step once (what `recsys stream` runs every minute)."""
+    from flink_jobs.progress import retain
+
+    cfg = config_from(args)
+    done = retain(cfg)
+    if done.get("skipped"):
+        out.print(f"another retention step is running (lock {Home(cfg.home).locks / 'retention.lock'}); nothing done")
+        return 1
+    out.print(f"deleted {done['segments']} consumed spool segments (older than events.retain_hours = "
+              f"{cfg.events.retain_hours:g}) and {done['dead_letters']} dead-letter files")
     return 0
