@@ -31,7 +31,8 @@ from typing import Callable
 import redis
 
 from pipeline import keys as K
-from pipeline.config import Config, config_toml
+from pipeline.config import Config
+from pipeline.config_toml import config_toml
 from pipeline.events import IN_PROGRESS_PREFIX, segments, spool_dir
 from pipeline.home import Home, atomic_write_text
 from pipeline.redis_server import display_url

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, ConfigError, load_config, sample_toml
+from pipeline.config import Config, ConfigError, load_config
+from pipeline.config_toml import sample_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +81,7 @@ def test_two_homes_do_not_share_paths(tmp_path: Path) -> None:
 
 def test_effective_config_round_trips_through_toml(tmp_path: Path) -> None:
     """config_toml is what a child process is handed: loading it gives the same Config back."""
-    from pipeline.config import config_toml
+    from pipeline.config_toml import config_toml
 
     cfg = load_config(home=tmp_path, environ={}, overrides={
         "recall": {"channels": ["als", "popular"], "quotas": {"als": 7}},

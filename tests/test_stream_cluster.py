@@ -26,7 +26,7 @@ import redis
 
 from flink_jobs.control import stream_stats
 from pipeline import keys as K
-from pipeline.config import config_toml
+from pipeline.config_toml import config_toml
 from pipeline.home import atomic_write_text
 from pipeline.events import SpoolWriter, new_event, spool_dir
 from pipeline.features import fold_user

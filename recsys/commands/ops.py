@@ -7,7 +7,8 @@ import json
 import sys
 
 from recsys.commands.ui import config_from, out
-from pipeline.config import as_dict, sample_toml
+from pipeline.config import as_dict
+from pipeline.config_toml import sample_toml
 from pipeline.home import Home
 
 
