@@ -226,7 +226,7 @@ class ServingConfig:
     recall_weight: float = _f(0.0, "Blend: final = model score + recall_weight * normalised recall score.")
     model_recall: int = _f(300, "Candidates the model's next_movies signature (the sequence model) adds to recall; 0 = off.")
     model_recall_kept: bool = _f(True, "Rank every one of those candidates (they join after the fused cut of the other channels, so up to candidates + model_recall are ranked); off: they compete in the fusion like any channel and most are cut.")
-    genre_cap: float = _f(0.5, "Most of a Recommend list one genre may fill (share of k; 1.0 = no cap).")
+    genre_cap: float = _f(1.0, "Most of a Recommend list one genre may fill (share of k; 1.0 = no cap). Off by default: measured through the gateway, a 0.5 cap cost 14 % full HR@10 on ml-latest-small (0.131 -> 0.113) for +2 % on ML-100K; a site that wants variety sets it.")
     rank_cold_start: bool = _f(False, "Re-rank cold-start users' lists with the model (off: their recall order stands; the model's cold-user slice measured below popularity).")
     max_k: int = _f(100, "Largest k a caller may ask for.")
     version_check_seconds: float = _f(1.0, "How often the gateway checks Redis for a newly published batch version.")
