@@ -20,18 +20,8 @@ from serving.ranking_client import Ranking
 from tests.test_gateway_unit import USER, ScriptedRanking, config, make_gateway, model, published, store  # noqa: F401
 
 
-def test_grpc_refuses_at_once_beyond_the_calls_in_flight(tmp_path: Path, store: InMemoryStore,
-                                                         model: ScriptedRanking) -> None:
-    """Real gRPC on loopback over the in-memory store: with one call held inside ranking, a second is
-    RESOURCE_EXHAUSTED without waiting; once the first finishes, calls are admitted again."""
-    import threading
-
-    import grpc
-
-    from serving.grpc_api import start_grpc
-    from serving.protos.recsys.v1 import recommender_pb2 as pb
-    from serving.protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
-
+def hold_ranking(model: ScriptedRanking) -> tuple[threading.Event, threading.Event, Any]:
+    """Make the model's rank block (``entered`` set) until ``release``; returns them and the original rank."""
     entered, release = threading.Event(), threading.Event()
     rank = model.rank
 
@@ -41,6 +31,20 @@ def test_grpc_refuses_at_once_beyond_the_calls_in_flight(tmp_path: Path, store: 
         return rank(request, timeout_s)
 
     model.rank = held_rank  # type: ignore[method-assign]
+    return entered, release, rank
+
+
+def test_grpc_refuses_at_once_beyond_the_calls_in_flight(tmp_path: Path, store: InMemoryStore,
+                                                         model: ScriptedRanking) -> None:
+    """Real gRPC on loopback over the in-memory store: with one call held inside ranking, a second is
+    RESOURCE_EXHAUSTED without waiting; once the first finishes, calls are admitted again."""
+    import grpc
+
+    from serving.grpc_api import start_grpc
+    from serving.protos.recsys.v1 import recommender_pb2 as pb
+    from serving.protos.recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+    entered, release, rank = hold_ranking(model)
     server, port = start_grpc(make_gateway(config(tmp_path), store, model), "127.0.0.1", 0, max_in_flight=1)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.RecommenderStub(channel)
@@ -110,15 +114,7 @@ def test_http_api_refuses_at_once_beyond_the_calls_in_flight(tmp_path: Path, sto
     from serving.web.app import build_app
     from serving.web.server import start_http
 
-    entered, release = threading.Event(), threading.Event()
-    rank = model.rank
-
-    def held_rank(request: dict[str, np.ndarray], timeout_s: float | None = None) -> Ranking:
-        entered.set()
-        release.wait(30)
-        return rank(request, timeout_s)
-
-    model.rank = held_rank  # type: ignore[method-assign]
+    entered, release, rank = hold_ranking(model)
     cfg = config(tmp_path, http_max_in_flight=1)
     app = build_app(make_gateway(cfg, store, model))
     server = start_http(app, "127.0.0.1", 0, cfg.serving)
