@@ -25,6 +25,8 @@ from typing import Callable, Protocol
 import numpy as np
 import pandas as pd
 
+from pipeline.metrics import full_ranks, hr_ndcg
+
 
 @dataclass
 class Catalogue:
@@ -269,10 +271,7 @@ def validation_hit_rate(scorer: ScorerLike, history: list[UserRow], targets: np.
         s = scorer.score(rows)[0].astype(np.float64)
         s[_binary_matrix(rows, catalogue) > 0] = -np.inf
         t = tpos[start:start + batch]
-        ok = t >= 0
-        target_scores = s[np.arange(len(rows)), np.maximum(t, 0)]
-        rank = (s >= target_scores[:, None]).sum(axis=1)
-        hits += int(np.sum(ok & (rank <= k)))
+        hits += int(hr_ndcg(full_ranks(s, np.maximum(t, 0)), t >= 0, k)[0].sum())
     return hits / max(len(history), 1)
 
 

@@ -34,7 +34,7 @@ from pipeline.config import Config
 from pipeline.evaluate import Row
 from pipeline.features import top_genres
 from pipeline.home import Home, table_path
-from pipeline.metrics import mean
+from pipeline.metrics import full_ranks, mean
 
 
 class Scorer(Protocol):
@@ -205,7 +205,7 @@ def evaluate_scorers(data: P1Data, scorers: list[Scorer], max_users: int | None 
                 s = scores[i].astype(np.float64).copy()
                 seen = pos_of(u.movies)
                 s[seen[seen >= 0]] = -np.inf
-                full_rank = int(np.sum(s >= s[tpos]))  # ties count against the model, as in the sampled protocol
+                full_rank = int(full_ranks(s[None, :], np.array([tpos]))[0])  # ties against, as when sampled
                 neg = s[pos_of(negatives[u.user_id])]
                 sampled_rank = 1 + int(np.sum(neg >= s[tpos]))
                 m["hr"].append(float(full_rank <= k))

@@ -138,15 +138,16 @@ def next_logits(model: Any, history: Sequence[np.ndarray], length: int, batch: i
 
 def hit_rate(logits: np.ndarray, history: Sequence[np.ndarray], targets: np.ndarray, k: int = 10) -> tuple[float, float]:
     """Full-ranking HR@k and NDCG@k of ``targets`` (vocabulary indices) with each history masked; ties against."""
+    from pipeline.metrics import full_ranks, hr_ndcg
+
+    if not len(logits):
+        return 0.0, 0.0
     s = logits.astype(np.float64).copy()
     s[:, 0] = -np.inf
     for i, h in enumerate(history):
         s[i, np.asarray(h, np.int64)] = -np.inf
-    t = s[np.arange(len(s)), targets]
-    rank = (s >= t[:, None]).sum(axis=1)
-    ok = targets > 0
-    hits = ok & (rank <= k)
-    return float(hits.mean()) if len(s) else 0.0, float(np.where(hits, 1 / np.log2(rank + 1), 0).mean()) if len(s) else 0.0
+    hr, ndcg = hr_ndcg(full_ranks(s, targets), np.asarray(targets) > 0, k)
+    return float(hr.mean()), float(ndcg.mean())
 
 
 def fit(spec: SequenceSpec, train: Sequence[np.ndarray], val_history: Sequence[np.ndarray], val_targets: np.ndarray,

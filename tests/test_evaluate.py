@@ -76,3 +76,16 @@ def test_evaluate_refuses_a_serving_build(tmp_path: Path) -> None:
         load_heldout(cfg)
     with pytest.raises(EvaluationError, match="no batch version"):
         load_heldout(make_config(tmp_path / "empty"))
+
+
+def test_full_ranks_count_ties_against_and_rank_masked_last() -> None:
+    import numpy as np
+
+    from pipeline.metrics import full_ranks, hr_ndcg
+
+    s = np.array([[3.0, 1.0, 1.0, -np.inf], [0.5, 2.0, 1.0, 4.0]])
+    ranks = full_ranks(s, np.array([1, 3]))
+    assert ranks.tolist() == [3, 1]                       # a tie with another movie counts against the target
+    assert full_ranks(s, np.array([3, 0])).tolist() == [4, 4]  # a masked target ranks with the whole row
+    hr, ndcg = hr_ndcg(ranks, np.array([True, False]), k=3)
+    assert hr.tolist() == [1.0, 0.0] and ndcg[0] == 0.5      # an invalid row is a miss
