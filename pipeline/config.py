@@ -260,7 +260,7 @@ class WebConfig:
 class StreamConfig:
     """The Flink job that turns rating events into online features in Redis."""
 
-    kafka_jar: str = _f("", "Path of flink-sql-connector-kafka-*.jar (needed when events.log = 'kafka').")
+    kafka_jar: str = _f("", "Path of flink-sql-connector-kafka-*.jar (needed when events.log = 'kafka'), or comma-separated jars: flink-connector-kafka-*.jar,kafka-clients-*.jar.")
     parallelism: int = _f(1, "Flink parallelism.")
     checkpoint_interval_ms: int = _f(5000, "Checkpoint interval; state and source position survive a restart.")
     checkpoint_dir: str = _f("", "Checkpoint directory; empty = <home>/stream/checkpoints.")

@@ -193,6 +193,12 @@ def test_kafka_without_the_connector_jar_fails_at_start_naming_it(tmp_path: Path
         assert words in str(err.value)
     with pytest.raises(StreamSetupError, match="does not exist"):
         check_setup(cfg.replace("stream", kafka_jar=str(tmp_path / "missing.jar")))
+    (tmp_path / "connector.jar").write_bytes(b"")
+    with pytest.raises(StreamSetupError, match="'[^']*clients.jar', which does not exist") as err:
+        # the thin connector plus kafka-clients, comma-separated: the missing one is named, the present one not
+        check_setup(cfg.replace("stream", kafka_jar=f"{tmp_path / 'connector.jar'}, {tmp_path / 'clients.jar'}"))
+    assert "connector.jar" not in str(err.value)
+    check_setup(cfg.replace("stream", kafka_jar=str(tmp_path / "connector.jar")))  # present: no error
     (tmp_path / "recsys.toml").write_text('[events]\nlog = "kafka"\nkafka_bootstrap = "h:9092"\n')
     assert main(["--home", str(tmp_path), "stream", "--max-seconds", "1"]) == 2
     assert "flink-sql-connector-kafka" in capsys.readouterr().err
