@@ -157,7 +157,7 @@ class RankingClient:
         try:
             resp = self._predict(self._request(SIGNATURE_NAME, request), timeout_s)
         except grpc.RpcError as exc:
-            raise ModelUnavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}") from None
+            raise self._unavailable(exc) from None
         return self._ranking(resp, request["movie_ids"].shape[1])[0]
 
     def rank_ids(self, user: dict[str, np.ndarray], movie_ids: np.ndarray, batch_version: str,
@@ -185,7 +185,7 @@ class RankingClient:
             if _is_missing_signature(exc):
                 self._ids_off_until = time.monotonic() + RANK_IDS_RECHECK_S
                 return self.rank(full(), left())
-            raise ModelUnavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}") from None
+            raise self._unavailable(exc) from None
         ranking, out = self._ranking(resp, movie_ids.shape[1])
         try:
             first = np.asarray(out["batch_version"]).reshape(-1)[0]
@@ -197,6 +197,9 @@ class RankingClient:
         if served_batch != batch_version or not bool(np.all(known)):
             return self.rank(full(), left())
         return ranking
+
+    def _unavailable(self, exc: grpc.RpcError) -> ModelUnavailable:
+        return ModelUnavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}")
 
     def _request(self, signature: str, inputs: dict[str, np.ndarray]) -> Any:
         from tensorflow_serving.apis import model_pb2, predict_pb2
@@ -230,20 +233,15 @@ class RankingClient:
         An export without that signature (trained without the sequence model) answers [] - the channel is simply
         absent; a model server that is down raises ModelUnavailable like ``rank``.
         """
-        from tensorflow_serving.apis import model_pb2, predict_pb2
+        from serving.tensors import from_tensor_proto
 
-        from serving.tensors import from_tensor_proto, to_tensor_proto
-
-        hist = left_pad([history], history_len, np.int64)
-        req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=self.model_name,
-                                                                         signature_name=NEXT_MOVIES_SIGNATURE))
-        req.inputs["hist_movie_ids"].CopyFrom(to_tensor_proto(hist))
+        req = self._request(NEXT_MOVIES_SIGNATURE, {"hist_movie_ids": left_pad([history], history_len, np.int64)})
         try:
             resp = self._predict(req, timeout_s)
         except grpc.RpcError as exc:
             if _is_missing_signature(exc):
                 return []
-            raise ModelUnavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}") from None
+            raise self._unavailable(exc) from None
         try:
             ids = from_tensor_proto(resp.outputs["movie_ids"])[0]
             logp = from_tensor_proto(resp.outputs["log_prob"])[0]
@@ -260,7 +258,7 @@ class RankingClient:
         try:
             resp = stub.GetModelStatus(req, timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as exc:
-            raise ModelUnavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}") from None
+            raise self._unavailable(exc) from None
         available = [s.version for s in resp.model_version_status
                      if s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE]
         return str(max(available)) if available else None
