@@ -7,7 +7,8 @@
 #
 # The project's packages travel as a -pyfs zip, so TaskManagers need only the pinned
 # third-party packages (apache-flink, redis) in the Python named by PYFLINK_PYTHON
-# (default: this checkout's .venv/bin/python, right for a cluster on this machine).
+# (default: this checkout's .venv/bin/python, right for a cluster on this machine); its
+# site-packages become python.pythonpath (PYFLINK_PYTHONPATH overrides, a path on the TaskManagers).
 # The job reads its configuration like every recsys command (--home / --config /
 # RECSYS_* variables); on a cluster, Redis is RECSYS_REDIS_URL and the home a path
 # every TaskManager sees. The Flink CLI is $FLINK_HOME/bin/flink, else the one inside
@@ -36,5 +37,8 @@ with zipfile.ZipFile(sys.argv[1], 'w') as z:
         for f in pathlib.Path(pkg).rglob('*.py'):
             z.write(f)" "$bundle")
 export PYFLINK_CLIENT_EXECUTABLE="$client_python"
-"$flink" run "${flink_opts[@]}" -pyclientexec "$client_python" -pyexec "$worker_python" -pyfs "$bundle" \
-  -py "$here/flink_jobs/main.py" "$@"
+# The job's functions run in thread mode, inside the TaskManager's JVM: its embedded interpreter
+# finds the third-party packages (pemja, redis) only through python.pythonpath.
+worker_site="${PYFLINK_PYTHONPATH:-$("$worker_python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')}"
+"$flink" run "${flink_opts[@]}" -D "python.pythonpath=$worker_site" -pyclientexec "$client_python" \
+  -pyexec "$worker_python" -pyfs "$bundle" -py "$here/flink_jobs/main.py" "$@"

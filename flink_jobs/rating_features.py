@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from pipeline.config import Config
 from pipeline.events import dead_letter_dir, spool_dir
 
 JOB_NAME = "recsys-rating-features"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_JAR_HINT = ("flink-sql-connector-kafka-<connector version>-2.0.jar (the Kafka connector built for Flink 2.x, "
                   "from Maven Central: org.apache.flink:flink-sql-connector-kafka)")
 
@@ -44,7 +46,8 @@ def settings_for(cfg: Config, redis_url: str):  # noqa: ANN201 - JobSettings (im
                        trending_window_s=cfg.stream.trending_window_minutes * 60,
                        trending_slide_s=cfg.stream.trending_slide_minutes * 60,
                        sink_batch=cfg.stream.sink_batch, dedup_ttl_hours=cfg.stream.dedup_ttl_hours,
-                       online_ttl_s=cfg.stream.online_ttl_hours * 3600, progress=cfg.events.log == "spool")
+                       online_ttl_s=cfg.stream.online_ttl_hours * 3600, progress=cfg.events.log == "spool",
+                       publish_ms=cfg.stream.publish_interval_ms)
 
 
 def kafka_jars(cfg: Config) -> list[Path]:
@@ -84,18 +87,21 @@ def flink_settings(cfg: Config, restore_from: Path | None, local: bool) -> dict[
         "execution.checkpointing.dir": checkpoint_dir(cfg).absolute().as_uri(),
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "state.backend.type": "hashmap",
-        "python.fn-execution.bundle.time": "100",  # ms: how stale Redis may be behind the state (freshness)
-        "python.metric.enabled": "true",  # gauges are the bundle-end hook that flushes the Redis buffers
-        "python.state.cache-size": "20000",  # keys whose state stays in the Python worker between events
+        # The Python functions run inside the TaskManager's JVM (PEMJA), not in Beam workers:
+        # ~10x the events/s of process mode here (flink_jobs/README.md, "Throughput").
+        "python.execution-mode": "thread",
         "restart-strategy.type": "fixed-delay",
         "restart-strategy.fixed-delay.attempts": "1000000",
         "restart-strategy.fixed-delay.delay": "2 s",
     }
     if local:
-        # Under `flink run`, -pyexec / -pyclientexec (deploy/flink-run.sh) decide instead.
+        # Under `flink run`, -pyexec / -pyclientexec and the -pyfs bundle (deploy/flink-run.sh) decide instead.
         conf["python.executable"] = sys.executable
         conf["python.client.executable"] = sys.executable
         conf["parallelism.default"] = str(cfg.stream.parallelism)
+        # Thread mode imports in the JVM's embedded interpreter, which sees only python.pythonpath
+        # (not the venv's site-packages, not the working directory).
+        conf["python.pythonpath"] = os.pathsep.join([sysconfig.get_paths()["purelib"], str(PROJECT_ROOT)])
     if restore_from is not None:
         conf["execution.state-recovery.path"] = restore_from.absolute().as_uri()
     return conf
@@ -169,38 +175,68 @@ def _dead_letter_sink(cfg: Config) -> Any:
 
 def build(env: Any, cfg: Config, redis_url: str) -> None:
     """Add the whole job graph to ``env``."""
-    from pyflink.common import Duration, WatermarkStrategy
     from pyflink.common.typeinfo import Types
-    from pyflink.common.watermark_strategy import TimestampAssigner
 
     from flink_jobs import operators as ops
 
     settings = settings_for(cfg, redis_url)
-
-    class EventTime(TimestampAssigner):
-        def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
-            return int(value[4]) * 1000
-
     lines = _source(env, cfg)
-    parsed = lines.process(ops.ParseEvents(), output_type=ops.EVENT_TYPE).uid("parse").name("parse")
+    parsed = lines.process(ops.ParseEvents(), output_type=ops.TIMED_EVENT_TYPE).uid("parse").name("parse")
     parsed.get_side_output(ops.DEAD_LETTER).sink_to(_dead_letter_sink(cfg)).uid("dead-letter").name("dead-letter")
-    # Event time, out-of-orderness of one slide. One watermark generator for the whole stream
-    # (parallelism 1): a parallel one would wait for its slowest or idle subtask, and the PyFlink
-    # idleness option stops watermarks altogether (measured with Flink 2.3).
-    watermarks = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_seconds(settings.trending_slide_s))
-                  .with_timestamp_assigner(EventTime()))
-    events = parsed.assign_timestamps_and_watermarks(watermarks).uid("event-time").name("event-time").set_parallelism(1)
-    users = (events.key_by(lambda e: e[1], key_type=Types.LONG())
-             .process(ops.UserFeatures(settings), output_type=ops.EVENT_TYPE).uid("user-features").name("user-features"))
-    (users.key_by(lambda e: e[2], key_type=Types.LONG())
-     .process(ops.MovieStats(settings), output_type=Types.STRING()).uid("movie-stats").name("movie-stats"))
+    by_user = _keyed(_event_time(parsed, settings.trending_slide_s), Types.LONG(), ops.EVENT_TYPE)
+    users = by_user.process(ops.UserFeatures(settings), output_type=ops.MOVIE_KEYED_TYPE).uid("user-features") \
+        .name("user-features")
+    _keyed(users, Types.LONG(), ops.EVENT_TYPE).process(ops.MovieStats(settings), output_type=Types.STRING()) \
+        .uid("movie-stats").name("movie-stats")
     stats = parsed.get_side_output(ops.STATS).union(users.get_side_output(ops.STATS))
-    progress = (stats.key_by(lambda s: s[0], key_type=Types.INT())
+    progress = (_keyed(stats, Types.INT(), ops.STAT_TYPE)
                 .process(ops.StreamStats(settings), output_type=Types.STRING()).uid("stream-stats").name("stream-stats"))
     if settings.progress:  # which spool segments completed checkpoints consumed (flink_jobs.progress)
         from flink_jobs.progress import PROGRESS_PREFIX, progress_dir
 
         progress.sink_to(_checkpointed_files(progress_dir(cfg), PROGRESS_PREFIX)).uid("progress").name("progress")
+
+
+def _keyed(rows: Any, key_type: Any, value_type: Any) -> Any:
+    """A KeyedStream of ``rows`` that are already ``Row(key, value)``, keyed on the Java side.
+
+    ``DataStream.key_by(f)`` would run ``f`` in one more Python operator for every record, only to
+    build this same ``Row(key, value)``; the job's functions emit it themselves, and what remains of
+    ``key_by`` (the Java ``KeyByKeySelector`` on field 0) is applied here, as PyFlink does.
+    """
+    from pyflink.common.typeinfo import Types
+    from pyflink.datastream import KeyedStream
+    from pyflink.java_gateway import get_gateway
+
+    j_keyed = rows._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),  # noqa: SLF001 - PyFlink's own route
+                                        Types.ROW([key_type]).get_java_type_info())
+    return KeyedStream(j_keyed, value_type, rows)
+
+
+def _event_time(parsed: Any, out_of_order_s: int) -> Any:
+    """(Row(user, event), ms) records -> Row(user, event) with Flink timestamps and watermarks, on the Java side.
+
+    ``ParseEvents`` already emits the event time next to the event, so the Java operators PyFlink
+    itself uses behind ``assign_timestamps_and_watermarks`` (``CustomTimestampAssigner`` reads field
+    1, ``RemoveTimestampMapFunction`` drops it) are applied directly: no Python operator for it.
+    Out-of-orderness of one trending slide. One watermark generator for the whole stream
+    (parallelism 1): a parallel one would wait for its slowest or idle subtask, and the PyFlink
+    idleness option stops watermarks altogether (measured with Flink 2.3).
+    """
+    from pyflink.common import Duration, WatermarkStrategy
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+
+    from flink_jobs import operators as ops
+
+    eventtime = get_gateway().jvm.org.apache.flink.streaming.api.functions.python.eventtime
+    strategy = WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_seconds(out_of_order_s))
+    stamped = DataStream(parsed._j_data_stream.assignTimestampsAndWatermarks(  # noqa: SLF001 - PyFlink's own route
+        strategy._j_watermark_strategy.withTimestampAssigner(eventtime.CustomTimestampAssigner())))  # noqa: SLF001
+    stamped.uid("event-time").name("event-time").set_parallelism(1)
+    events = DataStream(stamped._j_data_stream.map(eventtime.RemoveTimestampMapFunction(),  # noqa: SLF001
+                                                   ops.USER_KEYED_TYPE.get_java_type_info()))
+    return events.uid("event-time-strip").name("event-time-strip").set_parallelism(1)
 
 
 def make_env(cfg: Config, restore_from: Path | None, local: bool = True) -> Any:

@@ -267,7 +267,8 @@ class StreamConfig:
     monitor_interval_ms: int = _f(500, "How often the FileSource looks for new spool segments.")
     trending_window_minutes: int = _f(60, "Sliding window of the trending counts (per movie) ...")
     trending_slide_minutes: int = _f(5, "... and how often it slides.")
-    sink_batch: int = _f(200, "Redis writes buffered into one pipeline before a flush (and at every checkpoint).")
+    sink_batch: int = _f(2000, "Redis writes (distinct keys) buffered into one pipeline before a flush ...")
+    publish_interval_ms: int = _f(200, "... and the longest a buffered write waits: the job flushes at every tick of this processing-time timer (freshness against per-key timer work).")
     dedup_ttl_hours: int = _f(72, "How long a seen event id is remembered (replays within it count once).")
     online_ttl_hours: int = _f(720, "Expiry of the online keys the job writes per user and movie (online:hist, online:user, online:movie), refreshed by every write: a user or movie without events for this long leaves Redis (the batch keys still serve it; keep it longer than the batch cadence). 0 = no expiry.")
     reorder_events: int = _f(64, "Per user, how many latest events are kept to re-apply in time order when events arrive out of order (spool segments of a backlog are read in no fixed order).")
@@ -406,6 +407,7 @@ def _validate(cfg: Config) -> None:
                 ("web", "login_attempts"), ("web", "login_window_seconds"), ("web", "page_size"), ("stream", "parallelism"),
                 ("stream", "checkpoint_interval_ms"), ("stream", "monitor_interval_ms"),
                 ("stream", "trending_window_minutes"), ("stream", "trending_slide_minutes"), ("stream", "sink_batch"),
+                ("stream", "publish_interval_ms"),
                 ("stream", "reorder_events")]
     for section, key in positive:
         if getattr(getattr(cfg, section), key) <= 0:

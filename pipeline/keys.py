@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Iterable, Sequence
 
 LAYOUT_VERSION = 1
@@ -211,7 +212,13 @@ def decode_ids(raw: bytes | None) -> set[int]:
 
 
 def encode_history(events: Iterable[tuple[int, float, int]]) -> str:
-    return json.dumps([[int(m), float(r), int(t)] for m, r, t in events], separators=(",", ":"))
+    """``[[movie,rating,ts],...]``: the bytes ``json.dumps(..., separators=(",", ":"))`` gives, built
+    directly (the stream job encodes one per user and flush: about 4x cheaper; a test pins the equality)."""
+    parts = []
+    for m, r, t in events:
+        r = float(r)
+        parts.append(f"[{int(m)},{r!r},{int(t)}]" if math.isfinite(r) else _json([int(m), r, int(t)]))
+    return "[" + ",".join(parts) + "]"
 
 
 def decode_history(raw: bytes | str | None) -> list[tuple[int, float, int]]:
@@ -220,9 +227,22 @@ def decode_history(raw: bytes | str | None) -> list[tuple[int, float, int]]:
     return [(int(m), float(r), int(t)) for m, r, t in json.loads(raw)]
 
 
+def _json(value: Any) -> str:
+    """``json.dumps(value, separators=(",", ":"))``, with the common scalars done without the encoder
+    (same text: JSON's ints and finite floats are Python's repr)."""
+    kind = type(value)
+    if kind is int:
+        return repr(value)
+    if kind is float and math.isfinite(value):
+        return repr(value)
+    if value is None:
+        return "null"
+    return json.dumps(value, separators=(",", ":"))
+
+
 def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
     """Feature hash: each field's value as JSON (types survive the round trip)."""
-    return {k: json.dumps(v, separators=(",", ":")) for k, v in fields.items()}
+    return {k: _json(v) for k, v in fields.items()}
 
 
 def decode_fields(raw: dict[bytes | str, bytes | str]) -> dict[str, Any]:

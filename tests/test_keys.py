@@ -54,3 +54,19 @@ def test_batch_version_of_a_published_version() -> None:
     assert K.batch_version_of("v20261202T042349402Z.17") == "v20261202T042349402Z"
     assert K.batch_version_of("v20261202T042349402Z") == "v20261202T042349402Z"
     assert K.batch_version_of("v1.beta") == "v1.beta"
+
+
+def test_value_encoders_write_exactly_what_json_dumps_writes() -> None:
+    """The hand-built encoders (the stream job's hot path) must not change a byte of the layout."""
+    import json
+    import math
+
+    compact = {"separators": (",", ":")}
+    floats = [0.0, -0.0, 0.1, 4.5, 1 / 3, 1e16, 1.5e-7, -2.25, 123456789.123, math.inf, -math.inf, math.nan]
+    values = [*floats, 0, -7, 2 ** 63, True, False, None, "Drama", "Misérables \"q\"", [1, "x"], {"Drama": 0.25},
+              ["Drama", "Sci-Fi"], {}, []]
+    fields = {f"f{i}": v for i, v in enumerate(values)}
+    assert K.encode_fields(fields) == {k: json.dumps(v, **compact) for k, v in fields.items()}
+    history = [(m, r, 978300760 + m) for m, r in zip(range(1, 13), floats)] + [(5, 4, 1), (6, 3.5, 2)]
+    assert K.encode_history(history) == json.dumps([[m, float(r), t] for m, r, t in history], **compact)
+    assert K.encode_history([]) == "[]"
