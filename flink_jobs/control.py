@@ -124,9 +124,12 @@ def wait_until_consumed(cfg: Config, client: redis.Redis, timeout: float = 300.0
     """Block until the job has consumed ``expected`` lines (default: every line now in the spool).
 
     With ``checkpoint`` (the default) it then also waits for a checkpoint that completed
-    after that moment: operators flush their Redis buffers before every checkpoint, so
-    from then on every feature derived from those events is in Redis. Without it the
-    features may lag the counters by one bundle (python.fn-execution.bundle.time, 100 ms).
+    after that moment, and two publish ticks more (``stream.publish_interval_ms``): every
+    operator has seen those events once the checkpoint's barrier passed it, and a write it
+    buffered is flushed at the next tick of its shard's publish timer
+    (``flink_jobs.operators._Publisher``), so from then on every feature derived from those
+    events is in Redis. The counters themselves are written at a tick after the user
+    features they count, so without ``checkpoint`` only the movie features may lag.
     """
     counter = SpoolCounter(spool_dir(cfg))
     deadline = time.monotonic() + timeout
@@ -143,6 +146,7 @@ def wait_until_consumed(cfg: Config, client: redis.Redis, timeout: float = 300.0
         time.sleep(0.1)
     if checkpoint:
         wait_for_checkpoint(cfg, time.time(), max(5.0, deadline - time.monotonic()))
+        time.sleep(2 * cfg.stream.publish_interval_ms / 1000)
     return stream_stats(client, cfg.redis.key_prefix)
 
 

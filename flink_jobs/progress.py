@@ -4,7 +4,7 @@ The FileSource does not say which files it has read (PyFlink's text-line format 
 and the read order of a backlog is arbitrary), so the job reports a count instead, in a form that
 only completed checkpoints publish:
 
-- ``StreamStats`` (keyed by shard) emits, at most once a second per shard, a *progress record*
+- ``UserFeatures`` (keyed by user shard) emits, at most once a second per shard, a *progress record*
   ``{"shard", "consumed", "at"}``: the shard's counted lines (applied + duplicate + malformed,
   from keyed state) and the wall time ``at`` they were read. These go to an exactly-once FileSink
   under ``<checkpoint dir>/progress`` whose files become visible only when the checkpoint after
@@ -60,7 +60,7 @@ def progress_dir(cfg: Config) -> Path:
 
 
 def progress_record(shard: int, consumed: int, at: float) -> str:
-    """One progress line (written by ``operators.StreamStats``)."""
+    """One progress line (written by ``operators.UserFeatures``)."""
     return json.dumps({"shard": int(shard), "consumed": int(consumed), "at": float(at)}, separators=(",", ":"))
 
 

@@ -4,12 +4,14 @@ Graph (operator uids in brackets; they keep state addressable across code change
 
     spool FileSource (continuous) | KafkaSource   [source]
       -> ParseEvents                                [parse]  -- malformed --> FileSink dead letters [dead-letter]
-      -> event-time timestamps + watermarks        [event-time]
-      -> keyBy(user)  UserFeatures                  [user-features]  online:hist, online:user
-      -> keyBy(movie) MovieStats                    [movie-stats]    online:movie, online:trending
-    progress counters from parse and user-features
-      -> keyBy(shard) StreamStats                   [stream-stats]   online:stats
-           -> FileSink progress records (spool source) [progress]      <checkpoint dir>/progress
+      -> event-time timestamps + watermarks        [event-time, event-time-strip]  (Java)
+      -> keyBy(user % SHARDS) UserFeatures          [user-features]  online:hist, online:user, online:stats
+           -- progress records (spool source) --> FileSink  [progress]  <checkpoint dir>/progress
+      -> keyBy(movie % SHARDS) MovieStats           [movie-stats]    online:movie, online:trending
+
+Two Python functions per valid event (three with the parse); flink_jobs.operators says why the
+graph has this shape. Checkpoints of the job before this layout (keyed by user id, a separate
+stats operator) cannot be restored into it: start once with ``--from-start``.
 
 This module builds the graph and its Flink configuration; it has no entry point.
 The plane's one entry is ``flink_jobs/main.py`` (``recsys stream``, ``python -m
@@ -183,19 +185,16 @@ def build(env: Any, cfg: Config, redis_url: str) -> None:
     lines = _source(env, cfg)
     parsed = lines.process(ops.ParseEvents(), output_type=ops.TIMED_EVENT_TYPE).uid("parse").name("parse")
     parsed.get_side_output(ops.DEAD_LETTER).sink_to(_dead_letter_sink(cfg)).uid("dead-letter").name("dead-letter")
-    by_user = _keyed(_event_time(parsed, settings.trending_slide_s), Types.LONG(), ops.EVENT_TYPE)
-    users = by_user.process(ops.UserFeatures(settings), output_type=ops.MOVIE_KEYED_TYPE).uid("user-features") \
+    by_user = _keyed(_event_time(parsed, settings.trending_slide_s), Types.INT(), ops.EVENT_TYPE)
+    users = by_user.process(ops.UserFeatures(settings), output_type=ops.KEYED_EVENT_TYPE).uid("user-features") \
         .name("user-features")
-    _keyed(users, Types.LONG(), ops.EVENT_TYPE).process(ops.MovieStats(settings), output_type=Types.STRING()) \
+    _keyed(users, Types.INT(), ops.EVENT_TYPE).process(ops.MovieStats(settings), output_type=Types.STRING()) \
         .uid("movie-stats").name("movie-stats")
-    stats = parsed.get_side_output(ops.STATS).union(users.get_side_output(ops.STATS))
-    progress = (_keyed(stats, Types.INT(), ops.STAT_TYPE)
-                .process(ops.StreamStats(settings), output_type=Types.STRING()).uid("stream-stats").name("stream-stats"))
     if settings.progress:  # which spool segments completed checkpoints consumed (flink_jobs.progress)
         from flink_jobs.progress import PROGRESS_PREFIX, progress_dir
 
-        progress.sink_to(_checkpointed_files(progress_dir(cfg), PROGRESS_PREFIX)).uid("progress").name("progress")
-
+        users.get_side_output(ops.PROGRESS).sink_to(_checkpointed_files(progress_dir(cfg), PROGRESS_PREFIX)) \
+            .uid("progress").name("progress")
 
 def _keyed(rows: Any, key_type: Any, value_type: Any) -> Any:
     """A KeyedStream of ``rows`` that are already ``Row(key, value)``, keyed on the Java side.
@@ -214,7 +213,7 @@ def _keyed(rows: Any, key_type: Any, value_type: Any) -> Any:
 
 
 def _event_time(parsed: Any, out_of_order_s: int) -> Any:
-    """(Row(user, event), ms) records -> Row(user, event) with Flink timestamps and watermarks, on the Java side.
+    """(Row(shard, event), ms) records -> Row(shard, event) with Flink timestamps and watermarks, on the Java side.
 
     ``ParseEvents`` already emits the event time next to the event, so the Java operators PyFlink
     itself uses behind ``assign_timestamps_and_watermarks`` (``CustomTimestampAssigner`` reads field
@@ -235,7 +234,7 @@ def _event_time(parsed: Any, out_of_order_s: int) -> Any:
         strategy._j_watermark_strategy.withTimestampAssigner(eventtime.CustomTimestampAssigner())))  # noqa: SLF001
     stamped.uid("event-time").name("event-time").set_parallelism(1)
     events = DataStream(stamped._j_data_stream.map(eventtime.RemoveTimestampMapFunction(),  # noqa: SLF001
-                                                   ops.USER_KEYED_TYPE.get_java_type_info()))
+                                                   ops.KEYED_EVENT_TYPE.get_java_type_info()))
     return events.uid("event-time-strip").name("event-time-strip").set_parallelism(1)
 
 

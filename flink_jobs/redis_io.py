@@ -1,7 +1,7 @@
-"""Redis from inside the stream job: a coalescing, pipelined writer and a movie-genre cache.
+"""Redis from inside the stream job: a coalescing, batched writer and a movie-genre cache.
 
 Why a buffer and not a write per event: one round trip per event caps the job at a few
-thousand events a second; buffering ``stream.sink_batch`` writes into one pipeline
+thousand events a second; buffering up to ``stream.sink_batch`` writes into one call
 removes that cap. Writes are *absolute values derived from keyed state* (SET/HSET the
 whole value, ZADD the count), so the buffer keeps only the last write per key and a
 write repeated after a restart is harmless: idempotent by construction.

@@ -223,3 +223,70 @@ def test_spool_counter_counts_accepted_events_before_the_segment_rolls(tmp_path:
     assert count() == 6, "blank lines are not events (the job skips them too)"
     writer.close()
     assert count() == 6
+
+
+class _FakeTimers:
+    """Records the timers a function registers (the real ones are exercised by tests/test_stream_job.py)."""
+
+    def __init__(self) -> None:
+        self.registered: list[int] = []
+
+    def register_processing_time_timer(self, t: int) -> None:
+        self.registered.append(t)
+
+
+class _FakeCtx:
+    def __init__(self) -> None:
+        self.timers = _FakeTimers()
+
+    def timer_service(self) -> _FakeTimers:
+        return self.timers
+
+
+class _FakeWriter:
+    def __init__(self) -> None:
+        self.flushes = 0
+
+    def flush(self) -> int:
+        self.flushes += 1
+        return 0
+
+
+def _publisher():  # noqa: ANN202 - a _Publisher without Flink or Redis
+    from flink_jobs.operators import JobSettings, _Publisher
+
+    pub = _Publisher()
+    pub.settings = JobSettings(redis_url="", key_prefix="t", history_len=5, half_life_days=1.0, reorder_events=1,
+                               trending_window_s=60, trending_slide_s=10, sink_batch=10, dedup_ttl_hours=1,
+                               publish_ms=200)
+    pub.writer, pub.pending, pub.last_tick, pub.touched = _FakeWriter(), {}, -1, set()
+    return pub
+
+
+def test_publish_timers_flush_once_a_tick_and_keep_unflushed_shards_scheduled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bookkeeping exactly-once rests on (operators._Publisher): one timer per shard and tick, one flush at
+    the tick's first callback, and a shard stays scheduled while a write of it may still be buffered."""
+    import flink_jobs.operators as ops
+
+    clock = [1_000.05]
+    monkeypatch.setattr(ops.time, "time", lambda: clock[0])
+    pub, ctx = _publisher(), _FakeCtx()
+    pub._schedule(3, ctx)
+    pub._schedule(3, ctx)  # the same tick: one timer
+    pub._schedule(5, ctx)
+    tick = pub.pending[3]
+    assert ctx.timers.registered == [tick, tick] and tick % 200 == 0 and pub.pending == {3: tick, 5: tick}
+    pub._published(tick, 3, ctx)  # the tick's first callback flushes everything buffered before it
+    pub._published(tick, 5, ctx)  # ... the second does not flush again
+    assert pub.writer.flushes == 1 and pub.pending == {}
+    clock[0] += 0.2
+    pub._schedule(5, ctx)
+    later = pub.pending[5]
+    assert later == tick + 200
+    pub._published(later, 5, ctx)
+    pub._schedule(3, ctx)
+    pub._published(later, 3, ctx, wrote=True)  # wrote after this tick's flush: scheduled again
+    assert pub.writer.flushes == 2 and 3 in pub.pending
+    pub.pending.clear()
+    pub._published(later + 200, 7, ctx)  # a timer restored from a checkpoint: not this attempt's
+    assert 7 in pub.pending, "a restored timer keeps its shard scheduled until the republished writes are flushed"
