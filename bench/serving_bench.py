@@ -122,6 +122,9 @@ def measured(usage: Usage, target: str, kind: str, phases: list[tuple[float, flo
     return r
 
 
+FLOOR_REQUESTS = 300  # the in-process floor runs a sample of the Predict requests (x3 rounds)
+
+
 def floor(model_dir: Path, signature: str, requests: list[dict[str, np.ndarray]], rounds: int = 3) -> dict:
     """The exported model called in-process and sequentially on ``requests``: latency and CPU per call."""
     import tensorflow as tf
@@ -153,14 +156,13 @@ def rank_requests(stack: Any, users: list[int]) -> tuple[list[dict[str, np.ndarr
     """
     from model.signature import RANK_IDS_SIGNATURE, SIGNATURE_NAME, build_request, build_user_request
     from pipeline import keys as K
-    from pipeline.recall import merge
 
     gw = stack.gateway
     view = gw.versions.view()
     parts = []
-    for uid in users:
+    for uid in users:  # the gateway's own candidate step: the model channel's next movies included
         ctx, feats = view.store.user_context(uid, history_len=gw.cfg.features.history_len)
-        ids = [c.movie_id for c in merge(ctx, view.store, gw.recall_cfg) if view.catalog.recommendable(c.movie_id)]
+        ids = [c.movie_id for c in gw.candidates(view, ctx)]
         parts.append((gw._user_input(uid, ctx, feats), ids))
     fell_back: list[int] = []
 
@@ -240,11 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         random.Random(7).shuffle(users)
         users = users[:max(args.users, 1)]
         (work / "users.txt").write_text("\n".join(map(str, users)))
-        requests, signature, n_candidates = rank_requests(stack, users[:200])
+        console.print(f"ranking requests of {len(users):,} users (the gateway's own candidates) ...")
+        requests, signature, n_candidates = rank_requests(stack, users)
         write_requests(work / "predict.bin", to_predict(requests, cfg.serving.model_name, signature))
         model_dir = model_base(Home(cfg.home), cfg.serving.model_name) / str(exported_versions(Home(cfg.home))[0])
-        console.print(f"floor: the model in-process on {len(requests)} requests ({signature}) ...")
-        results["floor"] = floor(model_dir, signature, requests)
+        sample = requests[:FLOOR_REQUESTS]
+        console.print(f"floor: the model in-process on {len(sample)} of those requests ({signature}) ...")
+        results["floor"] = floor(model_dir, signature, sample)
         usage = Usage({"gateway": os.getpid(), "model_server": stack.extras["model"].process.pid})
         for kind, target, source in (("predict", stack.model_target, work / "predict.bin"),
                                      ("recommend", stack.grpc_target, work / "users.txt")):

@@ -230,18 +230,7 @@ class Gateway:
             t = time.perf_counter()
             if not exclude_seen:
                 ctx.exclude = set()
-            per_channel = R.run_channels(ctx, view.store, self.recall_cfg)
-            if wanted:
-                # the requested genres' popular lists join, and every channel keeps only those genres
-                per_channel["genre_popular"] = R.interleave(
-                    [view.store.global_list(K.list_popular(g)) for g in wanted], ctx.exclude, self.recall_cfg.merged_size)
-            if self.cfg.serving.model_recall > 0 and ctx.history:
-                per_channel[R.MODEL_CHANNEL] = self._model_recall(ctx, deadline)
-            catalog, ok, asked = view.catalog, view.catalog.recommendable_ids, set(wanted)
-            per_channel = {name: [(m, sc) for m, sc in items if m in ok and
-                                  (not asked or not asked.isdisjoint(catalog.genres(m)))]
-                           for name, items in per_channel.items()}
-            candidates = R.fuse(per_channel, self.recall_cfg.merged_size, R.kept_channels(self.cfg.serving))
+            candidates = self.candidates(view, ctx, wanted, deadline)
             stages["recall"] = time.perf_counter() - t
             _check_deadline(deadline, "recall")
         except StoreUnavailable:
@@ -251,6 +240,24 @@ class Gateway:
         answer.cold_start = ctx.is_cold
         self._observe(answer)
         return answer
+
+    def candidates(self, view: BatchView, ctx: R.RecallContext, wanted: Sequence[str] = (),
+                   deadline: float | None = None) -> list[R.Candidate]:
+        """What Recommend ranks for ``ctx``: every recall channel (the sequence model's included), filtered to
+        recommendable movies (and to ``wanted`` genres), fused. Also what the serving bench builds its ranking
+        requests from, so that "Predict alone" ranks the very candidates Recommend does."""
+        per_channel = R.run_channels(ctx, view.store, self.recall_cfg)
+        if wanted:
+            # the requested genres' popular lists join, and every channel keeps only those genres
+            per_channel["genre_popular"] = R.interleave(
+                [view.store.global_list(K.list_popular(g)) for g in wanted], ctx.exclude, self.recall_cfg.merged_size)
+        if self.cfg.serving.model_recall > 0 and ctx.history:
+            per_channel[R.MODEL_CHANNEL] = self._model_recall(ctx, deadline)
+        catalog, ok, asked = view.catalog, view.catalog.recommendable_ids, set(wanted)
+        per_channel = {name: [(m, sc) for m, sc in items if m in ok and
+                              (not asked or not asked.isdisjoint(catalog.genres(m)))]
+                       for name, items in per_channel.items()}
+        return R.fuse(per_channel, self.recall_cfg.merged_size, R.kept_channels(self.cfg.serving))
 
     def _model_recall(self, ctx: R.RecallContext, deadline: float | None) -> R.Scored:
         """The sequence model's next movies for this history (``next_movies``), unseen ones first-come.
