@@ -292,7 +292,8 @@ class UserFeatures(KeyedProcessFunction, _Publisher):
         if self.reported.get(shard, (-1, 0))[0] != second:
             self.reported[shard] = (second, total)
             yield PROGRESS, progress_record(shard, total, time.time())
-        else:  # reported this second already: once more at the next second, with the count then
+        else:  # reported this second already: once more at the next second, with the count then (that timer
+            # is not in ``pending``, so ``_published`` treats it like a restored one: one extra tick, harmless)
             ctx.timer_service().register_processing_time_timer((second + 1) * PROGRESS_EVERY_MS)
 
 
@@ -310,14 +311,14 @@ class MovieStats(KeyedProcessFunction, _Publisher):
         self.watermark, self.until_watermark = -(2 ** 63), 0
 
     def _first_touch(self, shard: int) -> None:
-        from flink_jobs.online_state import OnlineMovie
+        from flink_jobs.online_state import OnlineMovie, bucket_expiry_ms
 
         expiring = self.expiring.setdefault(shard, {})
         s = self.settings
         for movie_id, raw in self.movies.items():
             movie = self.cache[movie_id] = OnlineMovie.from_state(raw)
             for bucket in movie.buckets:  # their timers are in the restored state too
-                expiring.setdefault(bucket_expiry(bucket, s), set()).add(movie_id)
+                expiring.setdefault(bucket_expiry_ms(bucket, s.trending_slide_s, s.trending_window_s), set()).add(movie_id)
             self._publish(movie_id, movie)
 
     def _publish(self, movie_id: int, movie: Any) -> None:
@@ -368,8 +369,3 @@ class MovieStats(KeyedProcessFunction, _Publisher):
             self._published(timestamp, shard, ctx)
         return []
 
-
-def bucket_expiry(bucket: int, s: JobSettings) -> int:
-    from flink_jobs.online_state import bucket_expiry_ms
-
-    return bucket_expiry_ms(bucket, s.trending_slide_s, s.trending_window_s)
