@@ -51,6 +51,7 @@ test-fast: $(STAMP) ## the tests that start neither Spark nor Flink
 
 bench: $(STAMP) ## batch, serving (open-loop gRPC), web page render and stream benchmarks (JSON in bench/results)
 	$(PY) -m bench.batch_bench
+	$(PY) -m bench.train_bench
 	$(PY) -m bench.serving_bench
 	$(PY) -m bench.web_bench --home bench/.home
 	$(PY) -m bench.stream_bench

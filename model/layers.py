@@ -455,6 +455,73 @@ class ResidualBlock(keras.layers.Layer):
 
 
 @_register
+class FactorisedRating(keras.layers.Layer):
+    """``[user_idx [B], cand_movie_idx [B,N], h [B,N,U]]`` -> predicted stars ``[B,N]``, float32.
+
+    The rating head as a wide-and-deep pair: a biased factorisation prior
+    ``mu + b_u + b_i + p_u . q_i`` (fitted by `model.baselines.BiasedMF` on the same training ratings and
+    loaded with `set_prior`; frozen here) plus ``residual_weight x Dense_1(h)``, a correction the
+    interaction tower learns from what a factorisation cannot see (the history, the moment, the
+    candidate's content). Why: trained alone on the shared tower the head stayed far behind tuned biased
+    MF (P2 RMSE 0.92 vs 0.897 on ML-100K), because the tower is shaped by the interaction loss and
+    never learns per-user and per-movie offsets as well as a dedicated, regularised factorisation does.
+    ``residual_weight`` is 1 while training and then chosen on the validation ratings (0 = the prior
+    alone), so the correction can only be kept where it helps. Unknown users and movies (index 0, or
+    out of range) drop their bias and factors, as `BiasedMF.predict_pairs` does; the answer is clipped
+    to ``[0, 5]``.
+    """
+
+    def __init__(self, n_users: int, n_movies: int, factors: int, **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")  # stars in float32 under mixed precision: the prior needs the digits
+        super().__init__(**kwargs)
+        self.n_users, self.n_movies, self.factors = int(n_users), int(n_movies), int(factors)
+        self.delta = keras.layers.Dense(1, name="delta")
+
+    def build(self, input_shape: Sequence[Sequence[int | None]]) -> None:
+        frozen = {"initializer": "zeros", "trainable": False}
+        self.mu = self.add_weight(name="mu", shape=(), **frozen)
+        self.user_bias = self.add_weight(name="user_bias", shape=(self.n_users + 1,), **frozen)
+        self.user_factors = self.add_weight(name="user_factors", shape=(self.n_users + 1, self.factors), **frozen)
+        self.movie_bias = self.add_weight(name="movie_bias", shape=(self.n_movies + 1,), **frozen)
+        self.movie_factors = self.add_weight(name="movie_factors", shape=(self.n_movies + 1, self.factors), **frozen)
+        self.residual_weight = self.add_weight(name="residual_weight", shape=(), initializer="ones", trainable=False)
+        self.delta.build(tuple(input_shape[2]))
+
+    def set_prior(self, mu: float, user_bias: Any, user_factors: Any, movie_bias: Any, movie_factors: Any) -> None:
+        """Load a fitted factorisation, rows in vocabulary order (row 0 = unknown: zeros)."""
+        self.mu.assign(float(mu))
+        self.user_bias.assign(user_bias)
+        self.user_factors.assign(user_factors)
+        self.movie_bias.assign(movie_bias)
+        self.movie_factors.assign(movie_factors)
+
+    @staticmethod
+    def _known(indices: Any, n: int) -> Any:
+        indices = ops.cast(indices, "int32")
+        return ops.where(ops.logical_and(indices >= 0, indices <= n), indices, ops.zeros_like(indices))
+
+    def prior(self, user_idx: Any, cand_movie_idx: Any) -> Any:
+        """``[B, N]`` the factorisation's prediction alone (no clipping)."""
+        u = self._known(user_idx, self.n_users)
+        m = self._known(cand_movie_idx, self.n_movies)
+        pu = ops.take(self.user_factors, u, axis=0)                  # [B, F]
+        qi = ops.take(self.movie_factors, m, axis=0)                 # [B, N, F]
+        dot = ops.sum(qi * ops.expand_dims(pu, 1), axis=-1)          # [B, N]
+        return self.mu + ops.expand_dims(ops.take(self.user_bias, u, axis=0), 1) + ops.take(self.movie_bias, m, axis=0) + dot
+
+    def call(self, inputs: Sequence[Any]) -> Any:
+        user_idx, cand_movie_idx, h = inputs
+        delta = ops.squeeze(self.delta(ops.cast(h, "float32")), -1)
+        return ops.clip(self.prior(user_idx, cand_movie_idx) + self.residual_weight * delta, 0.0, 5.0)
+
+    def compute_output_shape(self, input_shape: Sequence[Sequence[int | None]]) -> tuple:
+        return tuple(input_shape[1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "n_users": self.n_users, "n_movies": self.n_movies, "factors": self.factors}
+
+
+@_register
 class SigmoidHead(keras.layers.Layer):
     """``x [B,N,U]`` -> ``scale * sigmoid(Dense_1(x))`` squeezed to ``[B,N]``, float32.
 

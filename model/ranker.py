@@ -90,7 +90,9 @@ class BlockConfig:
     ``attention`` and ``lstm`` both off the sequence vector is a masked mean of the
     history items. ``movie_id=False`` drops the id from the candidate tower only: the
     history encoder has nothing but ids to describe past movies. ``residual=False``
-    replaces each residual block by a plain Dense layer of the same width. User stats
+    replaces each residual block by a plain Dense layer of the same width.
+    ``rating_prior=False`` gives the rating head no factorisation prior (a plain sigmoid
+    head on the interaction tower; see `model.layers.FactorisedRating`). User stats
     are always on (no block owns them), so the user vector is never empty; at least one
     candidate block must stay on, or all candidates would score the same.
 
@@ -110,18 +112,20 @@ class BlockConfig:
     target_attention: bool = True
     residual: bool = True
     history: bool = True
+    rating_prior: bool = True
     embedding_dim: int = 64
     dropout: float = 0.2
     user_id_dropout: float = 0.1
     attention_heads: int = 2
     residual_blocks: int = 2
     hidden: int = 128
+    rating_factors: int = 128
 
     def __post_init__(self) -> None:
         for name in self.block_names():
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"BlockConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("embedding_dim", "attention_heads", "hidden"):
+        for name in ("embedding_dim", "attention_heads", "hidden", "rating_factors"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"BlockConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.residual_blocks < 0:
@@ -273,7 +277,9 @@ def build_ranker(spec: VocabSizes, blocks: BlockConfig, candidate_vectors: bool 
             h = keras.layers.Dropout(blocks.dropout, name=f"plain_dropout_{i}")(h)
     outputs = {
         "score": L.SigmoidHead(1.0, name="score_head")(h),
-        "rating": L.SigmoidHead(5.0, name="rating_head")(h),
+        "rating": (L.FactorisedRating(spec.n_users, spec.n_movies, blocks.rating_factors, name="rating_head")(
+            [x["user_idx"], x["cand_movie_idx"], h]) if blocks.rating_prior
+            else L.SigmoidHead(5.0, name="rating_head")(h)),
         "attention": attention,
     }
     return keras.Model(inputs=x, outputs=outputs, name="ranker_on_vectors" if candidate_vectors else "ranker")

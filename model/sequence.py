@@ -152,8 +152,12 @@ def hit_rate(logits: np.ndarray, history: Sequence[np.ndarray], targets: np.ndar
 
 def fit(spec: SequenceSpec, train: Sequence[np.ndarray], val_history: Sequence[np.ndarray], val_targets: np.ndarray,
         epochs: int, patience: int, batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0,
-        on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> tuple[Any, dict[str, Any]]:
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        budget_s: float = 0.0) -> tuple[Any, dict[str, Any]]:
     """Train with the full-catalogue softmax; keep the epoch with the best validation NDCG@10.
+
+    ``budget_s`` (0 = none) bounds the wall clock: no epoch starts that would end past it, judged by the
+    last epoch's length (the first always runs).
 
     Early stopping on the ranking metric itself (not the loss): the loss keeps falling after the list stops
     improving. Returns the model (best weights) and a summary.
@@ -175,12 +179,18 @@ def fit(spec: SequenceSpec, train: Sequence[np.ndarray], val_history: Sequence[n
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
     best, best_weights, stale, history = -1.0, model.get_weights(), 0, []
     t0 = time.perf_counter()
+    stopped_by_budget = False
     for epoch in range(epochs):
+        if budget_s and history and history[-1]["seconds"] + epoch_seconds > budget_s:
+            stopped_by_budget = True
+            break
+        e0 = time.perf_counter()
         fit_out = model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
         hr, ndcg = hit_rate(next_logits(model, val_history, spec.length), val_history, val_targets)
         row = {"loss": float(fit_out.history["loss"][-1]), "val_hr@10": round(hr, 4), "val_ndcg@10": round(ndcg, 4),
                "seconds": round(time.perf_counter() - t0, 1)}
         history.append(row)
+        epoch_seconds = time.perf_counter() - e0
         if on_epoch:
             on_epoch(epoch, row)
         if ndcg > best:
@@ -192,6 +202,7 @@ def fit(spec: SequenceSpec, train: Sequence[np.ndarray], val_history: Sequence[n
     model.set_weights(best_weights)
     best_row = max(history, key=lambda r: r["val_ndcg@10"])
     return model, {"spec": spec.to_dict(), "windows": int(len(x)), "epochs_run": len(history),
+                   "stopped_by_budget": stopped_by_budget,
                    "train_seconds": round(time.perf_counter() - t0, 1), "best": best_row, "history": history}
 
 

@@ -25,6 +25,10 @@ from pipeline.config import Config
 from pipeline.home import Home, atomic_write_text, table_path
 
 
+#: Seconds of `model.train_budget_s` kept back from the next-movie model for choosing the mix and saving.
+SEQUENCE_RESERVE_S = 90.0
+
+
 def block_config(cfg: Config):  # noqa: ANN201
     from model.ranker import BlockConfig
 
@@ -52,9 +56,10 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
 
     from model.data import dataset, example_arrays, read_split
     from model.ranker import VocabSizes, build_ranker
-    from model.trainer import RankerTrainer
+    from model.trainer import RankerTrainer, TimeBudget
     from model.vocab import MovieTable, Vocab
 
+    started = time.perf_counter()
     home = Home(cfg.home)
     version = version or home.current_version()
     if version is None:
@@ -88,6 +93,12 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
     train_ds = dataset(train_arrays, table, batch, shuffle=True, seed=cfg.model.seed,
                        cold_movie_rate=cfg.model.cold_movie_rate, cold_user_rate=cfg.model.cold_user_rate)
     val_ds = dataset(val_arrays, table, batch, shuffle=False, seed=cfg.model.seed)
+    epochs, steps_per_epoch = cfg.model.epochs, None
+    if cfg.model.epoch_examples and len(train_arrays) > cfg.model.epoch_examples:
+        # an epoch is a slice of the endlessly reshuffled stream; `epochs` still bounds the passes over the data
+        slices = -(-len(train_arrays) // cfg.model.epoch_examples)
+        epochs, steps_per_epoch = cfg.model.epochs * slices, -(-cfg.model.epoch_examples // batch)
+        train_ds = train_ds.repeat()
 
     with strategy.scope():
         ranker = build_ranker(VocabSizes.of(vocab), blocks)
@@ -95,6 +106,9 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
         trainer.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.model.learning_rate))
         for inputs, _ in val_ds.take(1):  # build before fit: BackupAndRestore needs built weights to restore into
             trainer(inputs)
+    prior_info: dict[str, Any] = {}
+    if blocks.rating_prior:
+        prior_info = fit_rating_prior(ranker, home, version, vocab, blocks.rating_factors, cfg.model.seed)
 
     history_rows: list[dict[str, float]] = []
 
@@ -114,10 +128,15 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
                                         save_best_only=True, save_weights_only=True),
         _Record(),
     ]
+    budget = TimeBudget(cfg.model.train_budget_s * cfg.model.ranker_budget_share)
+    callbacks.insert(0, budget)
     t0 = time.perf_counter()
-    trainer.fit(train_ds, validation_data=val_ds, epochs=cfg.model.epochs, callbacks=callbacks, verbose=verbose)
+    trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                callbacks=callbacks, verbose=verbose)
     seconds = time.perf_counter() - t0
     best = min(history_rows, key=lambda r: r.get("val_loss", np.inf)) if history_rows else {}
+    if blocks.rating_prior:
+        prior_info["residual_weight"], prior_info["validation_rmse"] = choose_residual_weight(ranker, val_ds)
 
     tmp_model = paths.root / ".ranker.tmp.keras"
     ranker.save(tmp_model)
@@ -131,18 +150,74 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
         "run": run_name, "batch_version": version, "split": split, "device": device,
         "blocks": blocks.to_dict(), "ablate": list(cfg.model.ablate),
         "train_examples": len(train_arrays), "val_examples": len(val_arrays),
-        "epochs_run": len(history_rows), "train_seconds": round(seconds, 1),
+        "epochs_run": len(history_rows), "train_seconds": round(seconds, 1), "stopped_by_budget": budget.stopped,
+        "epoch_examples": (steps_per_epoch or 0) * batch or len(train_arrays),
         "best_epoch": {k: round(v, 5) for k, v in best.items()}, "history": history_rows,
+        "rating_prior": prior_info,
         "config": {k: getattr(cfg.model, k) for k in ("batch_size", "learning_rate", "epochs", "patience", "seed",
                                                       "score_weight", "rating_weight", "max_train_examples",
-                                                      "cold_movie_rate", "cold_user_rate")},
+                                                      "cold_movie_rate", "cold_user_rate", "epoch_examples",
+                                                      "train_budget_s", "ranker_budget_share")},
     }
     if cfg.model.sequence_epochs > 0:
-        summary["sequence"] = train_sequence(cfg, home, version, vocab, table, ranker, paths, verbose=verbose)
+        left = cfg.model.train_budget_s - (time.perf_counter() - started) - SEQUENCE_RESERVE_S
+        seq_budget = max(left, 1.0) if cfg.model.train_budget_s else 0.0
+        summary["sequence"] = train_sequence(cfg, home, version, vocab, table, ranker, paths, verbose=verbose,
+                                             budget_s=seq_budget)
         summary["train_seconds"] = round(summary["train_seconds"] + summary["sequence"]["train_seconds"], 1)
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_text(paths.summary, json.dumps(summary, indent=2))
     atomic_write_text(runs_dir(home) / "LATEST", run_name + "\n")
     return summary
+
+
+def fit_rating_prior(ranker: Any, home: Home, version: str, vocab: Any, factors: int, seed: int) -> dict[str, Any]:
+    """Fit biased MF on the version's training ratings and load it into the rating head as its prior.
+
+    The same `BiasedMF` as the P2 baseline (one definition), on the same ratings the ranker trains on
+    (``train`` interactions; validation and test untouched), laid out in vocabulary order.
+    """
+    from model.baselines import BiasedMF
+
+    t0 = time.perf_counter()
+    inter = pd.read_parquet(table_path(home, version, "interactions"), columns=["user_id", "movie_id", "rating", "split"])
+    mf = BiasedMF(inter[inter["split"] == "train"], factors=factors, seed=seed)
+    u = vocab.user.encode(mf.users.to_numpy())
+    m = vocab.movie.encode(mf.items.to_numpy())
+    ku, km = u > 0, m > 0
+    user_bias = np.zeros(vocab.user.size + 1, np.float32)
+    user_factors = np.zeros((vocab.user.size + 1, factors), np.float32)
+    movie_bias = np.zeros(vocab.movie.size + 1, np.float32)
+    movie_factors = np.zeros((vocab.movie.size + 1, factors), np.float32)
+    user_bias[u[ku]], user_factors[u[ku]] = mf.bu[ku], mf.p[ku]
+    movie_bias[m[km]], movie_factors[m[km]] = mf.bi[km], mf.q[km]
+    ranker.get_layer("rating_head").set_prior(mf.mu, user_bias, user_factors, movie_bias, movie_factors)
+    return {"factors": factors, "holdout_rmse": round(mf.holdout_rmse, 4), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+RESIDUAL_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def choose_residual_weight(ranker: Any, val_ds: Any) -> tuple[float, dict[str, float]]:
+    """Set the rating head's ``residual_weight`` to the grid value with the lowest validation RMSE.
+
+    0 keeps the factorisation prior alone, so the learned correction stays only where it helps on ratings the
+    training never saw. Returns (weight, RMSE per weight).
+    """
+    layer = ranker.get_layer("rating_head")
+    batches = [(inputs, labels["rating"].numpy(), labels["rating_mask"].numpy()) for inputs, labels in val_ds]
+    table: dict[str, float] = {}
+    for w in RESIDUAL_GRID:
+        layer.residual_weight.assign(w)
+        se = n = 0.0
+        for inputs, rating, mask in batches:
+            pred = np.asarray(ranker(inputs, training=False)["rating"])
+            se += float(np.sum(mask * (pred - rating) ** 2))
+            n += float(mask.sum())
+        table[f"{w:g}"] = round(float(np.sqrt(se / max(n, 1.0))), 4)
+    best = min(RESIDUAL_GRID, key=lambda w: (table[f"{w:g}"], w))
+    layer.residual_weight.assign(best)
+    return best, table
 
 
 def _sequences(frame: pd.DataFrame, vocab: Any) -> dict[int, np.ndarray]:
@@ -157,7 +232,7 @@ def _sequences(frame: pd.DataFrame, vocab: Any) -> dict[int, np.ndarray]:
 
 
 def train_sequence(cfg: Config, home: Home, version: str, vocab: Any, table: Any, ranker: Any, paths: RunPaths,
-                   verbose: int = 1) -> dict[str, Any]:
+                   verbose: int = 1, budget_s: float = 0.0) -> dict[str, Any]:
     """The next-movie model on the same split, then the mix of its log-probability into the exported score.
 
     Sequences are the version's ``train`` interactions; each user's ``val`` movie (P1: the second-to-last; a
@@ -190,7 +265,7 @@ def train_sequence(cfg: Config, home: Home, version: str, vocab: Any, table: Any
 
     model, summary = S.fit(spec, list(train_seqs.values()), history, targets, epochs=m.sequence_epochs,
                            patience=m.sequence_patience, batch_size=m.sequence_batch_size,
-                           learning_rate=m.learning_rate, seed=m.seed, on_epoch=report)
+                           learning_rate=m.learning_rate, seed=m.seed, on_epoch=report, budget_s=budget_s)
     mix, table_of_mix = m.sequence_mix, {}
     if mix < 0:
         rng = np.random.default_rng(m.seed)

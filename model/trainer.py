@@ -71,3 +71,41 @@ class RankerTrainer(keras.Model):
         outputs = self.ranker(inputs, training=False)
         loss, bce, mse = self.compute_losses(outputs, labels)
         return self._update(outputs, labels, loss, bce, mse)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop a ``fit`` before it overruns ``seconds`` of wall clock (0 = no limit).
+
+    Why: ``recsys train`` promises a bound (``model.train_budget_s``) that holds on a 1M-rating set on two CPU
+    cores, where one pass over every example costs more than the whole bound. After each epoch it stops when
+    another epoch of the same length would not fit; within an epoch it stops at the first step past the
+    bound. EarlyStopping's ``restore_best_weights`` then still hands back the best validated epoch.
+    """
+
+    def __init__(self, seconds: float, clock: Any = None) -> None:
+        super().__init__()
+        import time
+
+        self.seconds = float(seconds)
+        self.clock = clock or time.perf_counter
+        self.stopped = False
+        self._start = self._epoch_start = 0.0
+
+    def _stop(self) -> None:
+        self.stopped = True
+        self.model.stop_training = True
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._start = self.clock()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch_start = self.clock()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.seconds > 0 and self.clock() - self._start > self.seconds:
+            self._stop()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        now = self.clock()
+        if self.seconds > 0 and (now - self._start) + (now - self._epoch_start) > self.seconds:
+            self._stop()

@@ -156,6 +156,9 @@ class ModelConfig:
     cold_movie_rate: float = _f(0.05, "Share of training candidates shown as brand-new movies (no id, no statistics), so new movies get sensible scores.")
     cold_user_rate: float = _f(0.05, "Share of training rows shown as brand-new users (no id, no history; demographics and interest genres kept).")
     max_train_examples: int = _f(0, "Train on a seeded sample of at most this many examples (0 = all).")
+    epoch_examples: int = _f(250_000, "Examples per ranker epoch at most (0 = all): on a large set an epoch is a slice of the reshuffled stream, so early stopping, the learning-rate schedule and the time budget act every few minutes instead of once per pass.")
+    train_budget_s: int = _f(1080, "Wall-clock bound of `recsys train` in seconds (0 = none): 18 min, so a 1M-rating set trains within 20 min on 2 CPU cores. Each model stops at the epoch that would overrun its share; the development sets fit inside it.")
+    ranker_budget_share: float = _f(0.35, "Share of `train_budget_s` for the ranker; the next-movie model gets what is left after it (less a reserve for choosing the mix and saving).")
     seed: int = _f(1234, "Seed of initialisation and shuffling.")
     sequence_epochs: int = _f(60, "Maximum epochs of the next-movie sequence model (0 = train the ranker alone); early stopping on validation NDCG@10 usually ends sooner.")
     sequence_patience: int = _f(4, "Epochs without a better validation NDCG@10 before the sequence model stops.")
@@ -419,6 +422,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"publish.lock_seconds must be positive, got {cfg.publish.lock_seconds}")
     if not 0 < cfg.data.p3_replay_fraction < 1:
         raise ConfigError(f"data.p3_replay_fraction must be in (0, 1), got {cfg.data.p3_replay_fraction}")
+    if not 0 < cfg.model.ranker_budget_share < 1:
+        raise ConfigError(f"model.ranker_budget_share must be in (0, 1), got {cfg.model.ranker_budget_share}")
     if not 0 < cfg.serving.genre_cap <= 1:
         raise ConfigError(f"serving.genre_cap must be in (0, 1], got {cfg.serving.genre_cap}")
     if cfg.stream.trending_slide_minutes > cfg.stream.trending_window_minutes:
@@ -428,7 +433,8 @@ def _validate(cfg: Config) -> None:
     for section, key in (("samples", "negatives"), ("serving", "model_breaker_failures"),
                          ("serving", "model_intra_op_threads"), ("serving", "model_inter_op_threads"),
                          ("events", "retain_hours"), ("stream", "online_ttl_hours"),
-                         ("events", "dead_letter_keep_days"), ("events", "dead_letter_max_mb")):
+                         ("events", "dead_letter_keep_days"), ("events", "dead_letter_max_mb"),
+                         ("model", "epoch_examples"), ("model", "train_budget_s")):
         if getattr(getattr(cfg, section), key) < 0:
             raise ConfigError(f"{section}.{key} must be >= 0, got {getattr(getattr(cfg, section), key)}")
     from pipeline import recall as _recall  # local: recall imports config for types only

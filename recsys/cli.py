@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int)
     tr.add_argument("--patience", type=int)
     tr.add_argument("--max-train-examples", type=int, help="train on a seeded sample (0 = all)")
+    tr.add_argument("--budget", type=int, dest="train_budget_s", metavar="SECONDS",
+                    help="wall-clock bound of the whole training (default model.train_budget_s, 1080; 0 = none)")
     tr.set_defaults(func=model_cmd.cmd_train)
 
     ex = sub.add("export", help="export a trained run for TensorFlow Serving (<home>/models/ranker/<n>/)")

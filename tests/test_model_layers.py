@@ -195,6 +195,29 @@ def test_residual_block_and_heads(tmp_path: Path) -> None:
         L.ResidualBlock(5)(x)
 
 
+def test_factorised_rating_is_the_prior_plus_a_weighted_correction(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    users = np.array([3, 0, 99], np.int32)                          # known, unknown, out of range
+    movies = np.array([[1, 2, 0, 20], [4, 5, 6, 7], [1, 1, 300, 2]], np.int32)
+    h = rng.normal(size=(B, N, 6)).astype(np.float32)
+    ub, uf = rng.normal(size=11).astype(np.float32), rng.normal(size=(11, 3)).astype(np.float32)
+    mb, mf = rng.normal(size=21).astype(np.float32), rng.normal(size=(21, 3)).astype(np.float32)
+    ub[0], uf[0], mb[0], mf[0] = 0, 0, 0, 0                          # row 0 = unknown, as fit_rating_prior lays out
+    layer = L.FactorisedRating(10, 20, 3, name="rating_prior")
+    layer([users, movies, h])
+    layer.set_prior(3.5, ub, uf, mb, mf)
+    u = np.where(users <= 10, users, 0)
+    m = np.where(movies <= 20, movies, 0)
+    expected_prior = 3.5 + ub[u][:, None] + mb[m] + np.einsum("bf,bnf->bn", uf[u], mf[m])
+    np.testing.assert_allclose(np.asarray(layer.prior(users, movies)), expected_prior, rtol=1e-5, atol=1e-5)
+    delta = np.squeeze(np.asarray(layer.delta(h)), -1)
+    full = assert_roundtrip(layer, [users, movies, h], tmp_path)[0]   # prior weights survive save / reload
+    np.testing.assert_allclose(full, np.clip(expected_prior + delta, 0, 5), rtol=1e-5, atol=1e-5)
+    layer.residual_weight.assign(0.0)
+    np.testing.assert_allclose(np.asarray(layer([users, movies, h])), np.clip(expected_prior, 0, 5), rtol=1e-5, atol=1e-5)
+    assert all(not w.trainable for w in layer.weights if "delta" not in w.path)
+
+
 # ---------------------------------------------------------------- BlockConfig
 
 def test_block_config_ablate_and_dict() -> None:
@@ -203,7 +226,7 @@ def test_block_config_ablate_and_dict() -> None:
     assert BlockConfig.from_dict(cfg.to_dict()) == cfg
     assert set(BlockConfig.block_names()) == {
         "user_id", "demographics", "genre_conv", "movie_id", "decade", "title_cnn", "movie_stats",
-        "attention", "lstm", "target_attention", "residual", "history"}
+        "attention", "lstm", "target_attention", "residual", "history", "rating_prior"}
     with pytest.raises(ValueError, match="bogus"):
         BlockConfig().ablate(["lstm", "bogus"])
     with pytest.raises(ValueError, match="nope"):

@@ -57,6 +57,17 @@ def test_a_small_fit_learns_what_follows_what() -> None:
 
 
 @pytest.mark.tf
+def test_the_time_budget_ends_training_after_the_first_epoch_that_leaves_no_room() -> None:
+    seqs = [np.arange(1, 9, dtype=np.int32) for _ in range(8)]
+    spec = S.SequenceSpec(n_movies=8, length=4, dim=8, blocks=1, dropout=0.0)
+    hist, targets = [s[:-1] for s in seqs], np.array([s[-1] for s in seqs])
+    _, summary = S.fit(spec, seqs, hist, targets, epochs=5, patience=5, batch_size=4, budget_s=1e-6)
+    assert summary["epochs_run"] == 1 and summary["stopped_by_budget"]
+    _, free = S.fit(spec, seqs, hist, targets, epochs=2, patience=5, batch_size=4)
+    assert free["epochs_run"] == 2 and not free["stopped_by_budget"]
+
+
+@pytest.mark.tf
 def test_saved_weights_load_back_exactly(tmp_path) -> None:  # noqa: ANN001
     spec = S.SequenceSpec(n_movies=12, length=5, dim=8, blocks=2, dropout=0.1, lstm=True)
     model = S.build_encoder(spec)

@@ -12,7 +12,7 @@ from pipeline.home import Home
 
 def _model_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     model: dict[str, Any] = {}
-    for flag in ("epochs", "batch_size", "max_train_examples", "patience"):
+    for flag in ("epochs", "batch_size", "max_train_examples", "patience", "train_budget_s"):
         if getattr(args, flag, None) is not None:
             model[flag] = getattr(args, flag)
     if getattr(args, "ablate", None):
