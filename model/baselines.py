@@ -313,6 +313,15 @@ def tune_sequence_baselines(train: pd.DataFrame, val: pd.DataFrame, catalogue: C
                  lam=best_lam, beta=best_beta, validation=scores)
 
 
+def _add_rows(table: np.ndarray, rows: np.ndarray, delta: np.ndarray) -> None:
+    """``np.add.at(table, rows, delta)`` (repeated rows add up), by one sort and a segment sum: about three
+    times faster for a mini-batch, which is most of fitting the rating prior on 1M ratings."""
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
+    table[sorted_rows[starts]] += np.add.reduceat(delta[order], starts, axis=0)
+
+
 class BiasedMF:
     """Biased matrix factorisation r = mu + b_u + b_i + p_u . q_i, fitted by SGD (Funk / Koren), the P2 baseline.
 
@@ -344,10 +353,10 @@ class BiasedMF:
                 uj, ij = u[j], i[j]
                 pu, qi = p[uj], q[ij]
                 e = r[j] - (self.mu + bu[uj] + bi[ij] + np.einsum("bf,bf->b", pu, qi))
-                np.add.at(bu, uj, lr * (e - reg * bu[uj]))
-                np.add.at(bi, ij, lr * (e - reg * bi[ij]))
-                np.add.at(p, uj, lr * (e[:, None] * qi - reg * pu))
-                np.add.at(q, ij, lr * (e[:, None] * pu - reg * qi))
+                bu += np.bincount(uj, lr * (e - reg * bu[uj]), len(bu))
+                bi += np.bincount(ij, lr * (e - reg * bi[ij]), len(bi))
+                _add_rows(p, uj, lr * (e[:, None] * qi - reg * pu))
+                _add_rows(q, ij, lr * (e[:, None] * pu - reg * qi))
             pred = self.mu + bu[u[hold]] + bi[i[hold]] + np.einsum("bf,bf->b", p[u[hold]], q[i[hold]])
             rmse = float(np.sqrt(np.mean((np.clip(pred, 0.5, 5.0) - r[hold]) ** 2)))
             if rmse < best:

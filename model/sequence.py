@@ -78,8 +78,8 @@ def build_encoder(spec: SequenceSpec) -> Any:
 
         def hidden(self, idx: Any, training: bool = False) -> Any:
             """[B, H, d] states; position t has seen positions <= t only."""
-            real = tf.cast(idx > 0, tf.float32)[..., None]
             x = self.movie_embedding(idx) * (spec.dim ** 0.5) + self.position_embedding(tf.range(spec.length))[None]
+            real = tf.cast(idx > 0, x.dtype)[..., None]
             x = self.input_dropout(x, training=training) * real
             for i in range(spec.blocks):
                 h = self.norm1[i](x)
@@ -163,20 +163,15 @@ def fit(spec: SequenceSpec, train: Sequence[np.ndarray], val_history: Sequence[n
     improving. Returns the model (best weights) and a summary.
     """
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
     model = build_encoder(spec)
     x, y = windows(train, spec.length)
     if len(x) == 0:
         raise ValueError("no training sequence has two or more movies")
-
-    def loss(targets: Any, logits: Any) -> Any:
-        per = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
-        mask = tf.cast(targets > 0, per.dtype)
-        return tf.reduce_sum(per * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
-
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+    batch_size = min(batch_size, len(x))
+    step = train_step(model, keras.optimizers.Adam(learning_rate))
+    rng = np.random.default_rng(seed)  # window order per epoch
     best, best_weights, stale, history = -1.0, model.get_weights(), 0, []
     t0 = time.perf_counter()
     stopped_by_budget = False
@@ -185,9 +180,10 @@ def fit(spec: SequenceSpec, train: Sequence[np.ndarray], val_history: Sequence[n
             stopped_by_budget = True
             break
         e0 = time.perf_counter()
-        fit_out = model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
+        order = rng.permutation(len(x))
+        losses = [float(step(x[b], y[b])) for b in np.array_split(order, len(x) // batch_size)]
         hr, ndcg = hit_rate(next_logits(model, val_history, spec.length), val_history, val_targets)
-        row = {"loss": float(fit_out.history["loss"][-1]), "val_hr@10": round(hr, 4), "val_ndcg@10": round(ndcg, 4),
+        row = {"loss": float(np.mean(losses)), "val_hr@10": round(hr, 4), "val_ndcg@10": round(ndcg, 4),
                "seconds": round(time.perf_counter() - t0, 1)}
         history.append(row)
         epoch_seconds = time.perf_counter() - e0
@@ -204,6 +200,31 @@ def fit(spec: SequenceSpec, train: Sequence[np.ndarray], val_history: Sequence[n
     return model, {"spec": spec.to_dict(), "windows": int(len(x)), "epochs_run": len(history),
                    "stopped_by_budget": stopped_by_budget,
                    "train_seconds": round(time.perf_counter() - t0, 1), "best": best_row, "history": history}
+
+
+def train_step(model: Any, optimizer: Any) -> Callable[[np.ndarray, np.ndarray], Any]:
+    """One XLA-compiled optimisation step ``(x [B, H], y [B, H]) -> loss``: full-catalogue softmax at every
+    position with a target (``y > 0``).
+
+    Why not ``model.fit``: one compiled function took 20-30 % less time per step on CPU than Keras' step
+    (the projection of every position onto the catalogue is most of the work). Batches differ in size by at
+    most one window, so it compiles at most twice.
+    """
+    import tensorflow as tf
+
+    variables = model.trainable_variables
+
+    @tf.function(jit_compile=True)
+    def step(x: Any, y: Any) -> Any:
+        with tf.GradientTape() as tape:
+            logits = tf.matmul(model.hidden(x, training=True), model.movie_embedding.embeddings, transpose_b=True)
+            per = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+            mask = tf.cast(y > 0, per.dtype)
+            loss = tf.reduce_sum(per * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    return lambda x, y: step(tf.constant(x), tf.constant(y))
 
 
 def save(model: Any, spec: SequenceSpec, run_dir: Path, extra: dict[str, Any]) -> None:

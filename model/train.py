@@ -265,7 +265,7 @@ def train_sequence(cfg: Config, home: Home, version: str, vocab: Any, table: Any
 
     model, summary = S.fit(spec, list(train_seqs.values()), history, targets, epochs=m.sequence_epochs,
                            patience=m.sequence_patience, batch_size=m.sequence_batch_size,
-                           learning_rate=m.learning_rate, seed=m.seed, on_epoch=report, budget_s=budget_s)
+                           learning_rate=m.sequence_learning_rate, seed=m.seed, on_epoch=report, budget_s=budget_s)
     mix, table_of_mix = m.sequence_mix, {}
     if mix < 0:
         rng = np.random.default_rng(m.seed)

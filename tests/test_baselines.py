@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model.baselines import (EASE, BiasedMF, BiasModel, Catalogue, EaseTransitionBlend, Transition, UserRow,
+from model.baselines import (EASE, BiasedMF, _add_rows, BiasModel, Catalogue, EaseTransitionBlend, Transition, UserRow,
                              tune_sequence_baselines, validation_hit_rate)
 
 
@@ -94,3 +94,15 @@ def test_biased_mf_beats_the_bias_model_on_low_rank_ratings() -> None:
     bias_err = bias - held["rating"].to_numpy()
     assert np.sqrt(np.mean(mf_err ** 2)) < 0.8 * np.sqrt(np.mean(bias_err ** 2))
     assert mf.predict_pairs(np.array([99999]), np.array([99999]))[0] == pytest.approx(np.clip(mf.mu, 0.5, 5))
+
+
+def test_row_segment_sum_equals_add_at_with_repeated_rows() -> None:
+    """The biased-MF update adds every rating's step, repeated users and movies included."""
+    rng = np.random.default_rng(3)
+    rows = np.array([4, 1, 4, 0, 4, 1], np.int64)
+    delta = rng.normal(size=(len(rows), 3))
+    expected, got = np.ones((6, 3)), np.ones((6, 3))
+    np.add.at(expected, rows, delta)
+    _add_rows(got, rows, delta)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    assert np.all(got[[2, 3, 5]] == 1.0)
