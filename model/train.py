@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,8 +26,16 @@ from pipeline.config import Config
 from pipeline.home import Home, atomic_write_text, table_path
 
 
-#: Seconds of `model.train_budget_s` kept back from the next-movie model for choosing the mix and saving.
+#: Seconds of `model.train_budget_s` kept back from the ranker (which trains last) for choosing the mix and saving.
 SEQUENCE_RESERVE_S = 90.0
+
+
+def ranker_seconds(train_budget_s: float, elapsed_s: float) -> float:
+    """The ranker's time bound (0 = none): what the next-movie model, loading and the rating prior left of
+    ``train_budget_s``, less the reserve for the mix and saving; at least a second, so it always takes a step."""
+    if not train_budget_s:
+        return 0.0
+    return max(train_budget_s - elapsed_s - SEQUENCE_RESERVE_S, 1.0)
 
 
 def block_config(cfg: Config):  # noqa: ANN201
@@ -100,6 +109,11 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
         epochs, steps_per_epoch = cfg.model.epochs * slices, -(-cfg.model.epoch_examples // batch)
         train_ds = train_ds.repeat()
 
+    sequence_fit = None
+    if cfg.model.sequence_epochs > 0:
+        seq_budget = cfg.model.train_budget_s * cfg.model.sequence_budget_share
+        sequence_fit = fit_sequence(cfg, home, version, vocab, verbose=verbose, budget_s=seq_budget)
+
     with strategy.scope():
         ranker = build_ranker(VocabSizes.of(vocab), blocks)
         trainer = RankerTrainer(ranker, score_weight=cfg.model.score_weight, rating_weight=cfg.model.rating_weight)
@@ -128,7 +142,7 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
                                         save_best_only=True, save_weights_only=True),
         _Record(),
     ]
-    budget = TimeBudget(cfg.model.train_budget_s * cfg.model.ranker_budget_share)
+    budget = TimeBudget(ranker_seconds(cfg.model.train_budget_s, time.perf_counter() - started))
     callbacks.insert(0, budget)
     t0 = time.perf_counter()
     trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
@@ -157,13 +171,11 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
         "config": {k: getattr(cfg.model, k) for k in ("batch_size", "learning_rate", "epochs", "patience", "seed",
                                                       "score_weight", "rating_weight", "max_train_examples",
                                                       "cold_movie_rate", "cold_user_rate", "epoch_examples",
-                                                      "train_budget_s", "ranker_budget_share")},
+                                                      "train_budget_s", "sequence_budget_share")},
     }
-    if cfg.model.sequence_epochs > 0:
-        left = cfg.model.train_budget_s - (time.perf_counter() - started) - SEQUENCE_RESERVE_S
-        seq_budget = max(left, 1.0) if cfg.model.train_budget_s else 0.0
-        summary["sequence"] = train_sequence(cfg, home, version, vocab, table, ranker, paths, verbose=verbose,
-                                             budget_s=seq_budget)
+    if sequence_fit is not None:
+        summary["sequence"] = mix_and_save_sequence(cfg, home, version, vocab, table, ranker, paths, sequence_fit,
+                                                    verbose=verbose)
         summary["train_seconds"] = round(summary["train_seconds"] + summary["sequence"]["train_seconds"], 1)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_text(paths.summary, json.dumps(summary, indent=2))
@@ -231,20 +243,29 @@ def _sequences(frame: pd.DataFrame, vocab: Any) -> dict[int, np.ndarray]:
     return out
 
 
-def train_sequence(cfg: Config, home: Home, version: str, vocab: Any, table: Any, ranker: Any, paths: RunPaths,
-                   verbose: int = 1, budget_s: float = 0.0) -> dict[str, Any]:
-    """The next-movie model on the same split, then the mix of its log-probability into the exported score.
+@dataclass
+class SequenceFit:
+    """A trained next-movie model and the validation users it was early-stopped on (the mix is chosen on them)."""
+
+    model: Any
+    spec: Any
+    summary: dict[str, Any]
+    inter: pd.DataFrame
+    val: pd.DataFrame
+    users: list[int]
+    history: list[np.ndarray]
+    targets: np.ndarray
+
+
+def fit_sequence(cfg: Config, home: Home, version: str, vocab: Any, verbose: int = 1,
+                 budget_s: float = 0.0) -> SequenceFit:
+    """The next-movie model on the version's split, trained first so the ranker gets whatever time it leaves.
 
     Sequences are the version's ``train`` interactions; each user's ``val`` movie (P1: the second-to-last; a
-    serving build: the last) drives early stopping and the choice of the mix, both on full-catalogue NDCG@10,
-    the measure the lists are judged by.
+    serving build: the last) drives early stopping and, later, the choice of the mix, both on full-catalogue
+    NDCG@10, the measure the lists are judged by.
     """
-    import tempfile
-
     from model import sequence as S
-    from model.evaluate import P1Data, SignatureScorer
-    from model.baselines import Catalogue, UserRow
-    from model.export import _write_vocab_files, build_module
 
     m = cfg.model
     inter = pd.read_parquet(table_path(home, version, "interactions"))
@@ -266,6 +287,23 @@ def train_sequence(cfg: Config, home: Home, version: str, vocab: Any, table: Any
     model, summary = S.fit(spec, list(train_seqs.values()), history, targets, epochs=m.sequence_epochs,
                            patience=m.sequence_patience, batch_size=m.sequence_batch_size,
                            learning_rate=m.sequence_learning_rate, seed=m.seed, on_epoch=report, budget_s=budget_s)
+    return SequenceFit(model, spec, summary, inter, val, users, history, targets)
+
+
+def mix_and_save_sequence(cfg: Config, home: Home, version: str, vocab: Any, table: Any, ranker: Any,
+                          paths: RunPaths, fit: SequenceFit, verbose: int = 1) -> dict[str, Any]:
+    """Choose the mix of the next-movie log-probability into the exported score (on the validation users the
+    model was early-stopped on), then save the model beside the ranker."""
+    import tempfile
+
+    from model import sequence as S
+    from model.evaluate import P1Data, SignatureScorer
+    from model.baselines import Catalogue, UserRow
+    from model.export import _write_vocab_files, build_module
+
+    m = cfg.model
+    model, spec, summary, inter, val = fit.model, fit.spec, fit.summary, fit.inter, fit.val
+    users, history, targets = fit.users, fit.history, fit.targets
     mix, table_of_mix = m.sequence_mix, {}
     if mix < 0:
         rng = np.random.default_rng(m.seed)

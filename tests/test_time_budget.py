@@ -63,3 +63,11 @@ def test_zero_means_no_bound() -> None:
     cb.on_train_batch_end(0)
     cb.on_epoch_end(0)
     assert not model.stop_training and not cb.stopped
+
+
+def test_the_ranker_gets_what_the_next_movie_model_left_less_the_reserve() -> None:
+    from model.train import SEQUENCE_RESERVE_S, ranker_seconds
+
+    assert ranker_seconds(1080.0, 200.0) == 1080.0 - 200.0 - SEQUENCE_RESERVE_S
+    assert ranker_seconds(1080.0, 1075.0) == 1.0      # overrun already: one step, then the bound stops it
+    assert ranker_seconds(0.0, 5000.0) == 0.0          # no bound configured
