@@ -87,6 +87,7 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
     vocab = Vocab.load(table_path(home, version, "vocab.json"), cfg.features.title_max_tokens)
     movie_features = pd.read_parquet(table_path(home, version, "movie_features"))
     users = pd.read_parquet(table_path(home, version, "users"))
+    interactions = pd.read_parquet(table_path(home, version, "interactions"))  # read once: prior, sequence, mix
     table = MovieTable.build(movie_features, vocab)
     examples_path = table_path(home, version, "examples")
     train_df = read_split(examples_path, "train")
@@ -112,7 +113,7 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
     sequence_fit = None
     if cfg.model.sequence_epochs > 0:
         seq_budget = cfg.model.train_budget_s * cfg.model.sequence_budget_share
-        sequence_fit = fit_sequence(cfg, home, version, vocab, verbose=verbose, budget_s=seq_budget)
+        sequence_fit = fit_sequence(cfg, interactions, vocab, verbose=verbose, budget_s=seq_budget)
 
     with strategy.scope():
         ranker = build_ranker(VocabSizes.of(vocab), blocks)
@@ -122,7 +123,7 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
             trainer(inputs)
     prior_info: dict[str, Any] = {}
     if blocks.rating_prior:
-        prior_info = fit_rating_prior(ranker, home, version, vocab, blocks.rating_factors, cfg.model.seed)
+        prior_info = fit_rating_prior(ranker, interactions, vocab, blocks.rating_factors, cfg.model.seed)
 
     history_rows: list[dict[str, float]] = []
 
@@ -174,8 +175,8 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
                                                       "train_budget_s", "sequence_budget_share")},
     }
     if sequence_fit is not None:
-        summary["sequence"] = mix_and_save_sequence(cfg, home, version, vocab, table, ranker, paths, sequence_fit,
-                                                    verbose=verbose)
+        summary["sequence"] = mix_and_save_sequence(cfg, version, vocab, table, movie_features, users, ranker, paths,
+                                                    sequence_fit, verbose=verbose)
         summary["train_seconds"] = round(summary["train_seconds"] + summary["sequence"]["train_seconds"], 1)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_text(paths.summary, json.dumps(summary, indent=2))
@@ -183,7 +184,7 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
     return summary
 
 
-def fit_rating_prior(ranker: Any, home: Home, version: str, vocab: Any, factors: int, seed: int) -> dict[str, Any]:
+def fit_rating_prior(ranker: Any, interactions: pd.DataFrame, vocab: Any, factors: int, seed: int) -> dict[str, Any]:
     """Fit biased MF on the version's training ratings and load it into the rating head as its prior.
 
     The same `BiasedMF` as the P2 baseline (one definition), on the same ratings the ranker trains on
@@ -192,8 +193,7 @@ def fit_rating_prior(ranker: Any, home: Home, version: str, vocab: Any, factors:
     from model.baselines import BiasedMF
 
     t0 = time.perf_counter()
-    inter = pd.read_parquet(table_path(home, version, "interactions"), columns=["user_id", "movie_id", "rating", "split"])
-    mf = BiasedMF(inter[inter["split"] == "train"], factors=factors, seed=seed)
+    mf = BiasedMF(interactions[interactions["split"] == "train"], factors=factors, seed=seed)
     u = vocab.user.encode(mf.users.to_numpy())
     m = vocab.movie.encode(mf.items.to_numpy())
     ku, km = u > 0, m > 0
@@ -257,8 +257,7 @@ class SequenceFit:
     targets: np.ndarray
 
 
-def fit_sequence(cfg: Config, home: Home, version: str, vocab: Any, verbose: int = 1,
-                 budget_s: float = 0.0) -> SequenceFit:
+def fit_sequence(cfg: Config, inter: pd.DataFrame, vocab: Any, verbose: int = 1, budget_s: float = 0.0) -> SequenceFit:
     """The next-movie model on the version's split, trained first so the ranker gets whatever time it leaves.
 
     Sequences are the version's ``train`` interactions; each user's ``val`` movie (P1: the second-to-last; a
@@ -268,7 +267,6 @@ def fit_sequence(cfg: Config, home: Home, version: str, vocab: Any, verbose: int
     from model import sequence as S
 
     m = cfg.model
-    inter = pd.read_parquet(table_path(home, version, "interactions"))
     train_seqs = _sequences(inter[inter["split"] == "train"], vocab)
     val = inter[inter["split"] == "val"].drop_duplicates("user_id", keep="last").set_index("user_id")
     users = [u for u in sorted(val.index) if len(train_seqs.get(int(u), ())) > 0]
@@ -290,8 +288,9 @@ def fit_sequence(cfg: Config, home: Home, version: str, vocab: Any, verbose: int
     return SequenceFit(model, spec, summary, inter, val, users, history, targets)
 
 
-def mix_and_save_sequence(cfg: Config, home: Home, version: str, vocab: Any, table: Any, ranker: Any,
-                          paths: RunPaths, fit: SequenceFit, verbose: int = 1) -> dict[str, Any]:
+def mix_and_save_sequence(cfg: Config, version: str, vocab: Any, table: Any, movie_features: pd.DataFrame,
+                          users_table: pd.DataFrame, ranker: Any, paths: RunPaths, fit: SequenceFit,
+                          verbose: int = 1) -> dict[str, Any]:
     """Choose the mix of the next-movie log-probability into the exported score (on the validation users the
     model was early-stopped on), then save the model beside the ranker."""
     import tempfile
@@ -308,9 +307,9 @@ def mix_and_save_sequence(cfg: Config, home: Home, version: str, vocab: Any, tab
     if mix < 0:
         rng = np.random.default_rng(m.seed)
         pick = np.sort(rng.choice(len(users), size=min(m.mix_users, len(users)), replace=False))
-        mf = pd.read_parquet(table_path(home, version, "movie_features")).set_index("movie_id")
+        mf = movie_features.set_index("movie_id")
         mf = mf.reindex(list(vocab.movie.values)).reset_index()
-        demo = pd.read_parquet(table_path(home, version, "users")).drop_duplicates("user_id").set_index("user_id")
+        demo = users_table.drop_duplicates("user_id").set_index("user_id")
         raw = inter[inter["split"] == "train"].sort_values(["user_id", "pos"], kind="stable").groupby("user_id")
         groups = [raw.get_group(users[i]) for i in pick]
         rows = [UserRow(int(users[i]), g["movie_id"].to_numpy(np.int64), g["rating"].to_numpy(np.float32))
