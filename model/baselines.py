@@ -379,3 +379,48 @@ class BiasedMF:
         both = ku & ki
         pred[both] += np.einsum("bf,bf->b", self.p[u[both]], self.q[i[both]])
         return np.clip(pred, 0.5, 5.0)
+
+
+def p1_split(ratings: pd.DataFrame, min_movie_ratings: int = 5, min_user_ratings: int = 5
+             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Protocol P1 in pandas, the same rows as the batch plane's ``spark_jobs.prepare`` (one 5-core pass, movies
+    first; each user's sequence by time with file order breaking ties; last = test, second-to-last = val).
+
+    For measuring a dataset's behaviour without Spark (``behaviour_profile``); ``ratings`` has ``user_id``,
+    ``movie_id``, ``rating`` and ``ts`` in file order.
+    """
+    r = ratings.reset_index(drop=True)
+    if "line" not in r.columns:
+        r = r.assign(line=np.arange(len(r)))
+    r = r[r.groupby("movie_id")["movie_id"].transform("size") >= min_movie_ratings]
+    r = r[r.groupby("user_id")["user_id"].transform("size") >= max(min_user_ratings, 3)]
+    r = r.sort_values(["user_id", "ts", "line"], kind="stable")
+    r = r.assign(pos=r.groupby("user_id").cumcount())
+    from_end = r.groupby("user_id")["pos"].transform("max") - r["pos"]
+    return r[from_end >= 2], r[from_end == 1], r[from_end == 0]
+
+
+def behaviour_profile(ratings: pd.DataFrame, k: int = 10, lambdas: tuple[float, ...] = (100, 200, 500)
+                      ) -> dict[str, float]:
+    """Full-ranking HR@k under P1 of the baselines that describe how people choose: popularity, item-kNN,
+    last-item transition and EASE (lambda on each user's validation movie, then refit on train + validation).
+
+    Why: their *ratios* say how much of the next choice is popularity, co-occurrence and order. The synthetic
+    generator is calibrated so these ratios match the real development sets (docs/architecture.md, "Synthetic
+    data calibration"; ``tests/test_synth.py`` checks them). The lambda grid is the part of
+    ``tune_sequence_baselines``' grid the development sets and the generator choose from, so one profile of
+    the 1M-rating default set stays near a minute on 2 cores.
+    """
+    train, val, test = p1_split(ratings)
+    both = pd.concat([train, val])
+    catalogue = Catalogue(np.sort(pd.concat([both, test])["movie_id"].unique()))
+
+    def hit_rate(scorer: ScorerLike, history: pd.DataFrame, target: pd.DataFrame) -> float:
+        rows = _rows_of(history)
+        targets = target.set_index("user_id")["movie_id"].reindex([u.user_id for u in rows])
+        return validation_hit_rate(scorer, rows, targets.fillna(-1).to_numpy(np.int64), catalogue, k)
+
+    lam = max(lambdas, key=lambda v: (hit_rate(EASE(train, catalogue, v), train, val), -lambdas.index(v)))
+    scorers: dict[str, ScorerLike] = {"popularity": Popularity(train, catalogue), "item-knn": ItemKNN(train, catalogue),
+                                      "transition": Transition(both, catalogue), "ease": EASE(both, catalogue, lam)}
+    return {name: hit_rate(s, both, test) for name, s in scorers.items()}

