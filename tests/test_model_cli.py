@@ -13,7 +13,8 @@ from recsys import cli
 pytestmark = [pytest.mark.spark, pytest.mark.tf]
 
 TINY = {"RECSYS_MODEL_EMBEDDING_DIM": "16", "RECSYS_MODEL_HIDDEN": "32", "RECSYS_MODEL_BATCH_SIZE": "256",
-        "RECSYS_MODEL_RESIDUAL_BLOCKS": "1"}
+        "RECSYS_MODEL_RESIDUAL_BLOCKS": "1", "RECSYS_MODEL_SEQUENCE_EPOCHS": "3", "RECSYS_MODEL_SEQUENCE_DIM": "16",
+        "RECSYS_MODEL_SEQUENCE_BATCH_SIZE": "256", "RECSYS_MODEL_MIX_USERS": "100"}
 
 
 @pytest.fixture

@@ -25,13 +25,13 @@ def _submit(step: str, *job_args: str) -> dict:
     return json.loads(proc.stdout[proc.stdout.index("{"):])
 
 
-def test_ingest_and_prepare_through_spark_submit(small_data: Path, tmp_path: Path) -> None:
+def test_ingest_through_spark_submit_in_local_mode(small_data: Path, tmp_path: Path) -> None:
+    """One step under ``--master local[2]`` (all six steps on a standalone cluster: test_spark_cluster)."""
     home = tmp_path / "home"
     out = _submit("ingest", "--home", str(home), "--data", str(small_data))
     version = out["version"]
     assert out["ingest"]["layout"] == "ml-1m"
-    out = _submit("prepare", "--home", str(home), "--version", version)
-    inter = pd.read_parquet(table_path(Home(home), version, "interactions"))
-    assert len(inter) == out["prepare"]["rows"] > 0
+    ratings = pd.read_parquet(table_path(Home(home), version, "ratings"))
+    assert len(ratings) == out["ingest"]["tables"]["ratings"]["rows"] > 0
     assert Home(home).read_manifest(version)["status"] == "partial"   # not published: not CURRENT
     assert Home(home).current_version() is None

@@ -132,7 +132,7 @@ def test_default_counts_match_ml1m(default_set):
 
 
 #: Full HR@10 under P1 of the behaviour baselines on the real development sets, measured with the same function
-#: the test applies (``python -m bench.synth_calibration DIR`` on ../shared/data/get-dev-data.sh's output).
+#: the test applies (``python -m bench.synth_calibration DIR`` on the real ML-100K and ml-latest-small files).
 REAL_PROFILES = {
     "ml-100k": {"popularity": 0.0838, "item-knn": 0.1103, "transition": 0.1453, "ease": 0.1506},
     "ml-latest-small": {"popularity": 0.0393, "item-knn": 0.0672, "transition": 0.0869, "ease": 0.0852},
