@@ -25,6 +25,7 @@ from typing import Callable, Protocol
 import numpy as np
 import pandas as pd
 
+from pipeline.config import DataConfig
 from pipeline.metrics import full_ranks, hr_ndcg
 
 
@@ -381,8 +382,8 @@ class BiasedMF:
         return np.clip(pred, 0.5, 5.0)
 
 
-def p1_split(ratings: pd.DataFrame, min_movie_ratings: int = 5, min_user_ratings: int = 5
-             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def p1_split(ratings: pd.DataFrame, min_movie_ratings: int = DataConfig.min_movie_ratings,
+             min_user_ratings: int = DataConfig.min_user_ratings) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Protocol P1 in pandas, the same rows as the batch plane's ``spark_jobs.prepare`` (one 5-core pass, movies
     first; each user's sequence by time with file order breaking ties; last = test, second-to-last = val).
 
@@ -414,13 +415,9 @@ def behaviour_profile(ratings: pd.DataFrame, k: int = 10, lambdas: tuple[float, 
     train, val, test = p1_split(ratings)
     both = pd.concat([train, val])
     catalogue = Catalogue(np.sort(pd.concat([both, test])["movie_id"].unique()))
-
-    def hit_rate(scorer: ScorerLike, history: pd.DataFrame, target: pd.DataFrame) -> float:
-        rows = _rows_of(history)
-        targets = target.set_index("user_id")["movie_id"].reindex([u.user_id for u in rows])
-        return validation_hit_rate(scorer, rows, targets.fillna(-1).to_numpy(np.int64), catalogue, k)
-
-    lam = max(lambdas, key=lambda v: (hit_rate(EASE(train, catalogue, v), train, val), -lambdas.index(v)))
+    tuned = tune_sequence_baselines(train, val, catalogue, lambdas=lambdas, betas=(0.0,))  # the blend is not profiled
+    rows = _rows_of(both)
+    targets = test.set_index("user_id")["movie_id"].reindex([u.user_id for u in rows]).fillna(-1).to_numpy(np.int64)
     scorers: dict[str, ScorerLike] = {"popularity": Popularity(train, catalogue), "item-knn": ItemKNN(train, catalogue),
-                                      "transition": Transition(both, catalogue), "ease": EASE(both, catalogue, lam)}
-    return {name: hit_rate(s, both, test) for name, s in scorers.items()}
+                                      "transition": tuned.transition, "ease": tuned.ease}
+    return {name: validation_hit_rate(s, rows, targets, catalogue, k) for name, s in scorers.items()}
