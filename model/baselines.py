@@ -278,7 +278,8 @@ def validation_hit_rate(scorer: ScorerLike, history: list[UserRow], targets: np.
 
 @dataclass
 class Tuned:
-    """The sequence baselines with their hyperparameters chosen on validation, refit on train + validation."""
+    """The sequence baselines with their hyperparameters chosen on validation, refit on train + validation
+    (``on_train``: the blend with the chosen values before the refit, for scoring the validation users)."""
 
     transition: Transition
     ease: EASE
@@ -286,6 +287,7 @@ class Tuned:
     lam: float
     beta: float
     validation: dict[str, float]
+    on_train: EaseTransitionBlend
 
 
 def tune_sequence_baselines(train: pd.DataFrame, val: pd.DataFrame, catalogue: Catalogue,
@@ -311,7 +313,8 @@ def tune_sequence_baselines(train: pd.DataFrame, val: pd.DataFrame, catalogue: C
     both = pd.concat([train, val])
     t_all, e_all = Transition(both, catalogue), EASE(both, catalogue, best_lam)
     return Tuned(transition=t_all, ease=e_all, blend=EaseTransitionBlend(e_all, t_all, best_beta),
-                 lam=best_lam, beta=best_beta, validation=scores)
+                 lam=best_lam, beta=best_beta, validation=scores,
+                 on_train=EaseTransitionBlend(ease, trans, best_beta))
 
 
 def _add_rows(table: np.ndarray, rows: np.ndarray, delta: np.ndarray) -> None:

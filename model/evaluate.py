@@ -149,12 +149,13 @@ def run_fn(run_dir: Path) -> Callable[..., dict[str, Any]]:
     """The serving graph of a training run, built in memory (same code as the export)."""
     import tempfile
 
-    from model.export import _write_vocab_files, build_module, load_sequence
+    from model.export import _write_vocab_files, build_module, load_neighbours, load_sequence
     from model.runs import load_run
 
     ranker, vocab, table, _ = load_run(run_dir)
     files = _write_vocab_files(vocab, Path(tempfile.mkdtemp(prefix="recsys-vocab-")))
-    module = build_module(ranker, vocab, table, files, *(load_sequence(run_dir) or (None, 0.0)))
+    module = build_module(ranker, vocab, table, files, *(load_sequence(run_dir) or (None, 0.0)),
+                          neighbours=load_neighbours(run_dir))
 
     def serve(**inputs: Any) -> dict[str, Any]:  # holds the module: its tf.function keeps only a weak reference
         return module.serve(**inputs)

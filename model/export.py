@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from model.data import USER_COUNT_SCALE
+from model.sequence import recall_order_weight
 from model.signature import (NEXT_MOVIES_SIGNATURE, RANK_IDS_INPUTS, RANK_IDS_SIGNATURE, SERVING_INPUTS,
                              SIGNATURE_NAME, MovieInputs, UserInput, build_request)
 from pipeline.home import Home, model_versions
@@ -87,12 +88,18 @@ def candidate_table(tower: Any, table: Any, chunk: int = 4096) -> np.ndarray:
 
 
 def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Path], sequence: Any = None,
-                 mix: float = 0.0, split: tuple[Any, Any] | None = None, batch_version: str = "") -> Any:
+                 mix: float = 0.0, split: tuple[Any, Any] | None = None, batch_version: str = "",
+                 neighbours: tuple[Any, float] | None = None) -> Any:
     """A tf.Module whose ``serve`` function is the serving signature.
 
     With a ``sequence`` model (``model.sequence``) the exported ``score`` mixes its next-movie log-probability
     into the ranker's logit with weight ``mix``, and ``next_movies`` (a second signature) returns its top movies
     over the whole catalogue for the gateway's recall.
+
+    With ``neighbours`` (a ``model.neighbours.NeighbourPrior`` and its weight) the graph also computes the
+    neighbour prior from the request's history and adds ``weight * z`` to the score's logit
+    (``model.sequence.mixed_logit``); ``next_movies`` then orders by ``log p + (weight / mix) * z``
+    (``model.sequence.recall_order_weight``) while its ``log_prob`` stays the sequence model's.
 
     With ``split`` (``model.ranker.split_ranker``: the candidate tower and the rest of the ranker) the module
     also has ``rank_ids``: the same scores from candidate ids alone, the tower's outputs precomputed here for
@@ -116,6 +123,17 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
             self.sequence = sequence
             self.mix = float(mix)
             self.movie_ids_by_idx = tf.constant(np.array([0] + [int(m) for m in vocab.movie.values], np.int64))
+            prior, weight = neighbours if neighbours is not None else (None, 0.0)
+            self.prior_weight = float(weight) if prior is not None else 0.0
+            if self.prior_weight > 0:
+                # variables, not constants: a 5,000-movie EASE table is 100 MB, which a constant would put
+                # inside the GraphDef (2 GiB at most, parsed whole at load); variables are stored beside it
+                self.prior_slot_of = tf.Variable(prior.slot_of, trainable=False, name="prior_slot_of")
+                self.prior_ease = tf.Variable(prior.ease, trainable=False, name="prior_ease")
+                self.prior_succ_idx = tf.Variable(prior.succ_idx, trainable=False, name="prior_succ_idx")
+                self.prior_succ_p = tf.Variable(prior.succ_p * np.float32(prior.beta), trainable=False,
+                                                name="prior_succ_p")
+                self.prior_size = prior.size
             if split is not None:
                 self.rest = split[1]
                 self.cand_table = tf.Variable(candidate_table(split[0], table), trainable=False, name="cand_table")
@@ -126,6 +144,23 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
             logits = self.sequence.last_logits(hist_idx, training=False)
             pad = tf.one_hot(tf.zeros_like(hist_idx[:, 0]), tf.shape(logits)[1], on_value=-1e9, off_value=0.0)
             return tf.nn.log_softmax(tf.cast(logits, tf.float32) + pad, axis=-1)
+
+        def _prior_slots(self, hist_idx: Any) -> Any:
+            """[B, P + 1] the standardised neighbour prior over its slots (``NeighbourPrior.z``; slot P = 0)."""
+            slots = tf.gather(self.prior_slot_of, hist_idx)
+            s = tf.reduce_sum(tf.gather(self.prior_ease, slots), axis=1)
+            last = slots[:, -1]
+            succ = tf.gather(self.prior_succ_idx, last)
+            rows = tf.broadcast_to(tf.range(tf.shape(succ)[0])[:, None], tf.shape(succ))
+            s = tf.tensor_scatter_nd_add(s, tf.stack([rows, succ], axis=-1), tf.gather(self.prior_succ_p, last))
+            body = s[:, :self.prior_size]
+            mean, var = tf.nn.moments(body, axes=[1], keepdims=True)
+            z = (body - mean) / (tf.sqrt(var) + 1e-6)
+            return tf.concat([z, tf.zeros_like(z[:, :1])], axis=1)
+
+        def _prior_of(self, hist_idx: Any, cand: Any) -> Any:
+            """[B, N] the prior of each candidate (vocabulary indices; 0 outside the prior)."""
+            return tf.gather(self._prior_slots(hist_idx), tf.gather(self.prior_slot_of, cand), batch_dims=1)
 
         def _idx(self, name: str, values: Any) -> Any:
             return tf.cast(self.tables[name].lookup(values) + 1, tf.int32)
@@ -156,12 +191,17 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
         def _outputs(self, out: dict[str, Any], cand: Any, hist_idx: Any) -> dict[str, Any]:
             """score / rating / attention as float32, the sequence model mixed into the score."""
             result = {k: tf.cast(out[k], tf.float32) for k in ("score", "rating", "attention")}
-            if self.sequence is not None and self.mix > 0:
-                logp = tf.gather(self._next_logp(hist_idx), cand, batch_dims=1)
-                n = float(vocab.movie.size)
-                centred = tf.where(cand > 0, logp + tf.math.log(n), tf.zeros_like(logp))  # new movie: ranker only
+            with_sequence = self.sequence is not None and self.mix > 0
+            if with_sequence or self.prior_weight > 0:
                 p = tf.clip_by_value(result["score"], 1e-7, 1.0 - 1e-7)
-                z = (1.0 - self.mix) * tf.math.log(p / (1.0 - p)) + self.mix * centred
+                z = (1.0 - (self.mix if with_sequence else 0.0)) * tf.math.log(p / (1.0 - p))
+                if with_sequence:
+                    logp = tf.gather(self._next_logp(hist_idx), cand, batch_dims=1)
+                    n = float(vocab.movie.size)
+                    centred = tf.where(cand > 0, logp + tf.math.log(n), tf.zeros_like(logp))  # new movie: ranker only
+                    z += self.mix * centred
+                if self.prior_weight > 0:
+                    z += self.prior_weight * self._prior_of(hist_idx, cand)
                 result["score"] = tf.sigmoid(z)
             return result
 
@@ -203,16 +243,22 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
         if sequence is not None:
             @tf.function(input_signature=[tf.TensorSpec([None, H], tf.int64, name="hist_movie_ids")])
             def next_movies(self, hist_movie_ids):  # noqa: ANN001, ANN202
-                """The sequence model's top movies over the catalogue (history excluded), best first.
+                """The sequence model's top movies over the catalogue (history excluded), best first: by its
+                log-probability, plus the neighbour prior with the score's relative weight when there is one.
 
                 Every input has the batch dimension first (no scalar ``k``), so TF Serving's batcher and the
                 embedded one can merge concurrent calls; callers keep the head they need.
                 """
                 hist_idx = self._idx("movie_id", hist_movie_ids)
                 logp = self._next_logp(hist_idx)
+                key = logp
+                if self.prior_weight > 0:
+                    ratio = recall_order_weight(self.mix, self.prior_weight)
+                    key = logp + ratio * tf.gather(self._prior_slots(hist_idx), self.prior_slot_of, axis=1)
                 seen = tf.reduce_min(tf.one_hot(hist_idx, tf.shape(logp)[1], on_value=-1e9, off_value=0.0), axis=1)
-                top = tf.math.top_k(logp + seen, k=top_k)
-                return {"movie_ids": tf.gather(self.movie_ids_by_idx, top.indices), "log_prob": top.values}
+                top = tf.math.top_k(key + seen, k=top_k)
+                return {"movie_ids": tf.gather(self.movie_ids_by_idx, top.indices),
+                        "log_prob": tf.gather(logp, top.indices, batch_dims=1)}
 
     return ServingModule()
 
@@ -223,6 +269,20 @@ def load_sequence(run_dir: Path) -> tuple[Any, float] | None:
 
     loaded = S.load(Path(run_dir))
     return (loaded[0], float(loaded[1].get("mix", 0.0))) if loaded else None
+
+
+def load_neighbours(run_dir: Path) -> tuple[Any, float] | None:
+    """(neighbour prior, its weight) of a run that chose a weight above 0, else None."""
+    import json
+
+    from model import neighbours as N
+    from model import sequence as S
+
+    prior = N.load(Path(run_dir))
+    if prior is None:
+        return None
+    weight = float(json.loads((Path(run_dir) / S.SPEC_FILE).read_text()).get("neighbour_weight", 0.0))
+    return (prior, weight) if weight > 0 else None
 
 
 def warmup_request(vocab: Any, table: Any) -> dict[str, np.ndarray]:
@@ -269,7 +329,8 @@ def export(home: Home, run_dir: Path, model_name: str = MODEL_NAME) -> Path:
         seq = load_sequence(run_dir)
         split = split_ranker(ranker, VocabSizes.of(vocab), BlockConfig.from_dict(summary["blocks"]))
         module = build_module(ranker, vocab, table, files, *(seq or (None, 0.0)), split=split,
-                              batch_version=str(summary.get("batch_version", "")))
+                              batch_version=str(summary.get("batch_version", "")),
+                              neighbours=load_neighbours(run_dir))
         signatures = {SIGNATURE_NAME: module.serve, RANK_IDS_SIGNATURE: module.rank_ids}
         if seq is not None:
             signatures[NEXT_MOVIES_SIGNATURE] = module.next_movies

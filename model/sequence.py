@@ -16,8 +16,9 @@ the signature's history length ``H``, so the latest movie is always at position 
 new input. Training cuts each user's sequence into windows of ``H`` that end at its last movie.
 
 The exported signature uses it two ways (``model.export``): its log-probability of each candidate is mixed into
-``score`` with the weight chosen on validation here (:func:`choose_mix`), and the ``next_movies`` signature
-returns its top movies over the catalogue, a recall channel of the gateway.
+``score`` with the weight chosen on validation here (:func:`choose_mix`, jointly with the weight of the
+neighbour prior of ``model.neighbours``), and the ``next_movies`` signature returns its top movies over the
+catalogue (ordered with the same prior), a recall channel of the gateway.
 """
 
 from __future__ import annotations
@@ -258,30 +259,52 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return out
 
 
-def mixed_logit(ranker_score: np.ndarray, sequence_logp: np.ndarray, mix: float, n_movies: int) -> np.ndarray:
-    """The logit of the exported ``score``: (1 - mix) * logit(ranker score) + mix * (log p_next + log M).
+def mixed_logit(ranker_score: np.ndarray, sequence_logp: np.ndarray, mix: float, n_movies: int,
+                prior_z: np.ndarray | None = None, weight: float = 0.0) -> np.ndarray:
+    """The logit of the exported ``score``:
+    (1 - mix) * logit(ranker score) + mix * (log p_next + log M) + weight * z, with ``z`` the neighbour prior
+    (``model.neighbours``; standardised per user, 0 outside it).
 
     ``log M`` centres a uniform next-movie guess at 0, so a movie the sequence model knows nothing about (a new
-    movie: index 0) sits at 0 and the ranker alone places it. Ordering within a user depends on ``mix`` only.
+    movie: index 0) sits at 0 and the ranker alone places it. Ordering within a user depends on ``mix`` and
+    ``weight`` only.
     """
     p = np.clip(ranker_score.astype(np.float64), 1e-7, 1 - 1e-7)
-    return (1 - mix) * np.log(p / (1 - p)) + mix * (sequence_logp + np.log(n_movies))
+    out = (1 - mix) * np.log(p / (1 - p)) + mix * (sequence_logp + np.log(n_movies))
+    return out + weight * prior_z if prior_z is not None and weight else out
 
 
 MIX_GRID = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+#: Neighbour-prior weights tried with each mix. On the development sets the best lay at 0.25-0.5 (with the
+#: sequence model alone); 0 keeps "no prior" a candidate, so the prior is only used where validation says so.
+NEIGHBOUR_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 def choose_mix(ranker_scores: np.ndarray, sequence_logp: np.ndarray, history: Sequence[np.ndarray],
-               targets: np.ndarray, n_movies: int) -> tuple[float, dict[str, float]]:
-    """The mix with the best validation NDCG@10 (full ranking over the catalogue, histories masked).
+               targets: np.ndarray, n_movies: int, prior_z: np.ndarray | None = None,
+               weights: Sequence[float] = NEIGHBOUR_WEIGHTS, mixes: Sequence[float] = MIX_GRID
+               ) -> tuple[float, float, dict[str, float]]:
+    """The (mix, neighbour weight) with the best validation NDCG@10 (full ranking over the catalogue,
+    histories masked); ties go to the earlier grid point (less mix, less prior). Without ``prior_z`` the
+    weight is 0. A configured mix or weight is passed as a one-value grid.
 
-    ``ranker_scores`` and ``sequence_logp`` are [B, n_movies + 1] over vocabulary indices (column 0 unused).
+    ``ranker_scores``, ``sequence_logp`` and ``prior_z`` are [B, n_movies + 1] over vocabulary indices (column
+    0 unused). Returns (mix, weight, validation NDCG@10 per "mix" or "mix/weight").
     """
     table: dict[str, float] = {}
-    best_mix, best = MIX_GRID[0], -1.0
-    for mix in MIX_GRID:
-        _, ndcg = hit_rate(mixed_logit(ranker_scores, sequence_logp, mix, n_movies), history, targets)
-        table[f"{mix:g}"] = round(ndcg, 4)
-        if ndcg > best:
-            best_mix, best = mix, ndcg
-    return best_mix, table
+    best_mix, best_weight, best = mixes[0], 0.0, -1.0
+    for mix in mixes:
+        for weight in (weights if prior_z is not None else (0.0,)):
+            _, ndcg = hit_rate(mixed_logit(ranker_scores, sequence_logp, mix, n_movies, prior_z, weight),
+                               history, targets)
+            table[f"{mix:g}" if prior_z is None else f"{mix:g}/{weight:g}"] = round(ndcg, 4)
+            if ndcg > best:
+                best_mix, best_weight, best = mix, float(weight), ndcg
+    return best_mix, best_weight, table
+
+
+def recall_order_weight(mix: float, weight: float) -> float:
+    """The prior's weight relative to log p_next in ``next_movies``' order (the recall channel): the score's
+    own ratio ``weight / mix``, with the mix floored at 0.05 so a score without the sequence model still
+    gives a finite order."""
+    return float(weight) / max(float(mix), 0.05)

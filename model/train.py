@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from model import neighbours as N
 from model.runs import RunPaths, TrainingError, latest_run, load_run, runs_dir  # noqa: F401 - the trainer's public names
 from pipeline.config import Config
 from pipeline.home import Home, atomic_write_text, table_path
@@ -114,6 +115,7 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
     if cfg.model.sequence_epochs > 0:
         seq_budget = cfg.model.train_budget_s * cfg.model.sequence_budget_share
         sequence_fit = fit_sequence(cfg, interactions, vocab, verbose=verbose, budget_s=seq_budget)
+    neighbour_fit = fit_neighbours(cfg, interactions, vocab, verbose) if sequence_fit is not None else None
 
     with strategy.scope():
         ranker = build_ranker(VocabSizes.of(vocab), blocks)
@@ -176,7 +178,7 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
     }
     if sequence_fit is not None:
         summary["sequence"] = mix_and_save_sequence(cfg, version, vocab, table, movie_features, users, ranker, paths,
-                                                    sequence_fit, verbose=verbose)
+                                                    sequence_fit, neighbour_fit, verbose=verbose)
         summary["train_seconds"] = round(summary["train_seconds"] + summary["sequence"]["train_seconds"], 1)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_text(paths.summary, json.dumps(summary, indent=2))
@@ -288,11 +290,24 @@ def fit_sequence(cfg: Config, inter: pd.DataFrame, vocab: Any, verbose: int = 1,
     return SequenceFit(model, spec, summary, inter, val, users, history, targets)
 
 
+def fit_neighbours(cfg: Config, inter: pd.DataFrame, vocab: Any, verbose: int = 1) -> Any:
+    """The neighbour prior (``model.neighbours``) tuned and fitted on the version's split, or None when
+    ``model.neighbour_weight`` is 0. Fitted before the ranker, so its seconds come out of the ranker's budget."""
+    if cfg.model.neighbour_weight == 0:
+        return None
+    fitted = N.fit(inter, vocab.movie, cfg.model.neighbour_max_movies, cfg.model.neighbour_successors)
+    if verbose:
+        print(f"neighbour prior: {fitted.exported.size} movies, EASE lambda {fitted.exported.lam:g}, transition "
+              f"beta {fitted.exported.beta:g} ({fitted.seconds:.0f} s)", flush=True)
+    return fitted
+
+
 def mix_and_save_sequence(cfg: Config, version: str, vocab: Any, table: Any, movie_features: pd.DataFrame,
                           users_table: pd.DataFrame, ranker: Any, paths: RunPaths, fit: SequenceFit,
-                          verbose: int = 1) -> dict[str, Any]:
-    """Choose the mix of the next-movie log-probability into the exported score (on the validation users the
-    model was early-stopped on), then save the model beside the ranker."""
+                          neighbour_fit: Any = None, verbose: int = 1) -> dict[str, Any]:
+    """Choose the mix of the next-movie log-probability and the weight of the neighbour prior in the exported
+    score (jointly, on the validation users the model was early-stopped on), then save the model, and the
+    prior when its weight is above 0, beside the ranker."""
     import tempfile
 
     from model import sequence as S
@@ -304,7 +319,8 @@ def mix_and_save_sequence(cfg: Config, version: str, vocab: Any, table: Any, mov
     model, spec, summary, inter, val = fit.model, fit.spec, fit.summary, fit.inter, fit.val
     users, history, targets = fit.users, fit.history, fit.targets
     mix, table_of_mix = m.sequence_mix, {}
-    if mix < 0:
+    weight = m.neighbour_weight if neighbour_fit is not None else 0.0
+    if mix < 0 or weight < 0:
         rng = np.random.default_rng(m.seed)
         pick = np.sort(rng.choice(len(users), size=min(m.mix_users, len(users)), replace=False))
         mf = movie_features.set_index("movie_id")
@@ -323,8 +339,20 @@ def mix_and_save_sequence(cfg: Config, version: str, vocab: Any, table: Any, mov
         ranker_scores = np.concatenate([np.full((len(rows), 1), 0.5), ranker_scores], axis=1)
         hist = [history[i] for i in pick]
         logp = S.log_softmax(S.next_logits(model, hist, spec.length))
-        mix, table_of_mix = S.choose_mix(ranker_scores, logp, hist, targets[pick], spec.n_movies)
+        # the prior as the exported graph computes it: from the signature's H latest movies only
+        prior_z = neighbour_fit.on_train.z(S.last_window(hist, spec.length)) if neighbour_fit is not None else None
+        mix, weight, table_of_mix = S.choose_mix(
+            ranker_scores, logp, hist, targets[pick], spec.n_movies, prior_z,
+            weights=S.NEIGHBOUR_WEIGHTS if weight < 0 else (weight,), mixes=S.MIX_GRID if mix < 0 else (mix,))
         if verbose:
-            print(f"score mix (sequence share -> validation NDCG@10): {table_of_mix}; chosen {mix:g}", flush=True)
-    S.save(model, spec, paths.root, {"mix": mix, "mix_validation": table_of_mix})
-    return {**summary, "mix": mix, "mix_validation": table_of_mix}
+            print(f"score mix (sequence share/neighbour weight -> validation NDCG@10): {table_of_mix}; "
+                  f"chosen {mix:g}/{weight:g}", flush=True)
+    prior_path = paths.root / N.FILE
+    if weight > 0:
+        neighbour_fit.exported.save(prior_path)
+    else:
+        prior_path.unlink(missing_ok=True)  # a resumed run's stale prior must not be exported
+    neighbour = neighbour_fit.info() if neighbour_fit is not None else {}
+    extra = {"mix": mix, "mix_validation": table_of_mix, "neighbour_weight": weight, "neighbour": neighbour}
+    S.save(model, spec, paths.root, extra)
+    return {**summary, **extra}

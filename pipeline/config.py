@@ -169,6 +169,9 @@ class ModelConfig:
     sequence_learning_rate: float = _f(0.003, "Adam learning rate of the sequence model (its own: on ml-latest-small 0.003 reached validation NDCG@10 0.080 in 300 s of training where 0.001 reached 0.024 in 160 s and 0.074 after 48 epochs; 0.006 gave 0.078).")
     sequence_mix: float = _f(-1.0, "Share of the sequence model's log-probability in the exported score, 0..1; -1 = chosen on validation.")
     mix_users: int = _f(1000, "Validation users the mix is chosen on (a seeded sample).")
+    neighbour_weight: float = _f(-1.0, "Weight of the neighbour prior (EASE + last-movie transition, standardised per user; model/neighbours.py) in the exported score's logit, >= 0; -1 = chosen on validation jointly with sequence_mix, 0 = no prior.")
+    neighbour_max_movies: int = _f(5000, "Movies the neighbour prior covers (the most-rated; its EASE table is dense: 5,000 movies = 100 MB of float32).")
+    neighbour_successors: int = _f(50, "Likeliest next movies kept per movie in the neighbour prior's transition table.")
 
 
 @dataclass(frozen=True)
@@ -423,6 +426,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"publish.lock_seconds must be positive, got {cfg.publish.lock_seconds}")
     if not 0 < cfg.data.p3_replay_fraction < 1:
         raise ConfigError(f"data.p3_replay_fraction must be in (0, 1), got {cfg.data.p3_replay_fraction}")
+    if cfg.model.neighbour_weight < 0 and cfg.model.neighbour_weight != -1:
+        raise ConfigError(f"model.neighbour_weight must be >= 0 or -1 (chosen on validation), got {cfg.model.neighbour_weight}")
+    for key in ("neighbour_max_movies", "neighbour_successors"):
+        if getattr(cfg.model, key) < 1:
+            raise ConfigError(f"model.{key} must be at least 1, got {getattr(cfg.model, key)}")
     if not 0 < cfg.model.sequence_budget_share < 1:
         raise ConfigError(f"model.sequence_budget_share must be in (0, 1), got {cfg.model.sequence_budget_share}")
     if not 0 < cfg.serving.genre_cap <= 1:

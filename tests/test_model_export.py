@@ -92,20 +92,29 @@ def test_export_matches_signature_and_keras_model(trained: dict) -> None:
     from model import sequence as S
     from model.export import load_sequence
 
+    from model.export import load_neighbours
+
     seq, mix = load_sequence(trained["run"])
     assert trained["summary"]["sequence"]["mix"] == mix and 0.0 <= mix <= 1.0
     logp = S.log_softmax(S.next_logits(seq, [np.asarray(user["hist_movie_idx"][0])[user["hist_movie_idx"][0] > 0]],
                                        vocab.history_len))
+    # and the neighbour prior (the fixture forces its weight to 0.5), from the same H history movies
+    prior, weight = load_neighbours(trained["run"])
+    assert weight == trained["summary"]["sequence"]["neighbour_weight"] == 0.5
+    z = prior.z(np.asarray(user["hist_movie_idx"]))
     want = S.mixed_logit(np.asarray(direct["score"]), np.take_along_axis(logp, cand.astype(np.int64), axis=1), mix,
-                         vocab.movie.size)
+                         vocab.movie.size, np.take_along_axis(z, cand.astype(np.int64), axis=1), weight)
     got = served["score"].numpy().astype(np.float64)
     np.testing.assert_allclose(np.log(got / (1 - got)), want, rtol=1e-3, atol=1e-3)
     assert served["score"].shape == (1, 100)
-    # next_movies: the sequence model's head over the catalogue, history excluded, best first
+    # next_movies: the sequence model's head plus the prior over the catalogue, history excluded, best first;
+    # log_prob is the sequence model's own
     nxt = loaded.signatures["next_movies"](hist_movie_ids=tf.constant(request["hist_movie_ids"]))
     ids, lp = nxt["movie_ids"].numpy()[0], nxt["log_prob"].numpy()[0]
-    assert len(ids) == min(300, vocab.movie.size) and not set(ids) & set(hist[0]) and np.all(np.diff(lp) <= 1e-6)
-    order = np.argsort(-logp[0, 1:], kind="stable")
+    assert len(ids) == min(300, vocab.movie.size) and not set(ids) & set(hist[0])
+    np.testing.assert_allclose(lp, logp[0, vocab.movie.encode(ids)], rtol=1e-4, atol=1e-4)
+    key = logp[0, 1:] + S.recall_order_weight(mix, weight) * z[0, 1:]
+    order = np.argsort(-key, kind="stable")
     expect = [m for m in np.asarray(vocab.movie.values)[order] if m not in set(hist[0])][:5]
     assert list(ids[:5]) == expect
     assert float(tf.reduce_min(served["rating"])) >= 0 and float(tf.reduce_max(served["rating"])) <= 5

@@ -34,9 +34,29 @@ def test_the_mix_centres_a_new_movie_and_orders_by_the_chosen_share() -> None:
     assert z0[0, 1] > z0[0, 2] and z1[0, 2] > z1[0, 1]                     # ranker alone vs sequence alone
     uniform = S.mixed_logit(np.array([[0.5]]), np.log(np.array([[0.5]])), 1.0, n_movies=2)
     assert uniform[0, 0] == pytest.approx(0.0)                             # a uniform guess sits at 0
-    mix, table = S.choose_mix(np.tile(ranker, (2, 1)), np.tile(logp, (2, 1)), [np.array([], np.int32)] * 2,
-                              np.array([2, 2]), n_movies=2)
-    assert mix > 0 and set(table) == {f"{m:g}" for m in S.MIX_GRID}
+    mix, weight, table = S.choose_mix(np.tile(ranker, (2, 1)), np.tile(logp, (2, 1)), [np.array([], np.int32)] * 2,
+                                      np.array([2, 2]), n_movies=2)
+    assert mix > 0 and weight == 0 and set(table) == {f"{m:g}" for m in S.MIX_GRID}
+
+
+def test_the_neighbour_prior_is_added_to_the_logit_and_chosen_only_where_it_helps() -> None:
+    ranker = np.array([[0.5, 0.9, 0.2, 0.1]])
+    logp = S.log_softmax(np.array([[0.0, 3.0, 0.0, -1.0]]))
+    z = np.array([[0.0, -1.0, 0.0, 3.0]])
+    base = S.mixed_logit(ranker, logp, 0.5, n_movies=3)
+    np.testing.assert_allclose(S.mixed_logit(ranker, logp, 0.5, 3, z, 2.0), base + 2.0 * z)
+    np.testing.assert_allclose(S.mixed_logit(ranker, logp, 0.5, 3, z, 0.0), base)
+    empty = [np.array([], np.int32)] * 2
+    # target 3: only the prior puts it first -> a weight above 0; target 1: the prior only hurts -> weight 0
+    mix, weight, table = S.choose_mix(np.tile(ranker, (2, 1)), np.tile(logp, (2, 1)), empty, np.array([3, 3]), 3,
+                                      np.tile(z, (2, 1)))
+    assert weight > 0 and set(table) == {f"{m:g}/{w:g}" for m in S.MIX_GRID for w in S.NEIGHBOUR_WEIGHTS}
+    mix, weight, _ = S.choose_mix(np.tile(ranker, (2, 1)), np.tile(logp, (2, 1)), empty, np.array([1, 1]), 3,
+                                  np.tile(z, (2, 1)))
+    assert weight == 0 and mix == 0                       # ties go to the earliest grid point
+    # a configured mix or weight is a one-value grid
+    assert S.choose_mix(ranker, logp, empty[:1], np.array([3]), 3, z, weights=(0.25,), mixes=(0.4,))[:2] == (0.4, 0.25)
+    assert S.recall_order_weight(0.5, 0.25) == 0.5 and S.recall_order_weight(0.0, 0.25) == 5.0
 
 
 @pytest.mark.tf
