@@ -84,6 +84,16 @@ def example_arrays(examples: pd.DataFrame, users: pd.DataFrame, vocab: Vocab) ->
                          rating_mask=mask, user_id=ex["user_id"].to_numpy(), movie_id=ex["movie_id"].to_numpy())
 
 
+def with_negatives(arrays: ExampleArrays, extra: np.ndarray) -> ExampleArrays:
+    """The same examples with ``extra`` [n, k] more negative candidates (vocabulary indices) after the others."""
+    zeros = np.zeros(extra.shape, np.float32)
+    return ExampleArrays(user=arrays.user, cand_movie_idx=np.concatenate([arrays.cand_movie_idx, extra], axis=1),
+                         score=np.concatenate([arrays.score, zeros], axis=1),
+                         rating=np.concatenate([arrays.rating, zeros], axis=1),
+                         rating_mask=np.concatenate([arrays.rating_mask, zeros], axis=1),
+                         user_id=arrays.user_id, movie_id=arrays.movie_id)
+
+
 def candidate_features(table: MovieTable, cand_movie_idx: Any) -> dict[str, Any]:
     """Gather candidate-side inputs for a [B, N] tensor of movie indices (TF ops: runs in tf.data and graphs)."""
     import tensorflow as tf

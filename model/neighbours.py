@@ -91,6 +91,13 @@ class NeighbourPrior:
             out[start:start + chunk] = zs[:, self.slot_of]
         return out
 
+    def successors(self, idx: np.ndarray) -> np.ndarray:
+        """[..., K] vocabulary indices of each movie's likeliest successors (0 where it has fewer or none)."""
+        vocab_of_slot = np.zeros(self.size + 1, np.int32)
+        inside = self.slot_of < self.size
+        vocab_of_slot[self.slot_of[inside]] = np.flatnonzero(inside)
+        return vocab_of_slot[self.succ_idx[self.slot_of[np.asarray(idx, np.int64)]]]
+
     def save(self, path: Path) -> None:
         """Written under a temp name, then renamed (a reader never sees half a file)."""
         import os
@@ -147,6 +154,28 @@ def fit(inter: pd.DataFrame, movie_encoder: Any, max_movies: int, successors: in
     on_train = NeighbourPrior.from_blend(tuned.on_train, idx, size, successors)
     exported = NeighbourPrior.from_blend(tuned.blend, idx, size, successors)
     return FittedPrior(on_train, exported, tuned.validation, time.perf_counter() - t0)
+
+
+def hard_negatives(prior: NeighbourPrior, last_idx: np.ndarray, user_ids: np.ndarray, fallback: np.ndarray,
+                   rated: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """[n, k] vocabulary indices of hard negatives, one row per training example: movies that followed the
+    example's latest history movie (``last_idx``; what recall's next-movie and co-occurrence channels propose at
+    that moment), drawn uniformly from its successors, never a movie the user rated (``rated``: int64 keys
+    ``user_id * 2**32 + movie index``); where none is left, the example's own uniform negatives (``fallback``
+    [n, F]) stand in.
+
+    Why: negatives drawn uniformly from the catalogue teach the ranker "plausible vs random", but at serving it
+    orders the plausible candidates recall hands it; negatives from the same neighbourhood teach that order.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(last_idx)
+    pool = prior.successors(last_idx)                                         # [n, K]
+    pick = pool[np.arange(n)[:, None], rng.integers(0, pool.shape[1], size=(n, k))]
+    keys = np.asarray(user_ids, np.int64)[:, None] * (1 << 32) + pick
+    bad = (pick == 0) | np.isin(keys, np.asarray(rated, np.int64))
+    if fallback.shape[1]:
+        pick = np.where(bad, fallback[np.arange(n)[:, None], np.arange(k)[None, :] % fallback.shape[1]], pick)
+    return pick.astype(np.int32)
 
 
 def load(run_dir: Path) -> NeighbourPrior | None:

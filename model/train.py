@@ -28,7 +28,7 @@ from pipeline.home import Home, atomic_write_text, table_path
 
 
 #: Seconds of `model.train_budget_s` kept back from the ranker (which trains last) for choosing the mix and saving.
-SEQUENCE_RESERVE_S = 90.0
+FINISH_RESERVE_S = 90.0
 
 
 def ranker_seconds(train_budget_s: float, elapsed_s: float) -> float:
@@ -36,7 +36,7 @@ def ranker_seconds(train_budget_s: float, elapsed_s: float) -> float:
     ``train_budget_s``, less the reserve for the mix and saving; at least a second, so it always takes a step."""
     if not train_budget_s:
         return 0.0
-    return max(train_budget_s - elapsed_s - SEQUENCE_RESERVE_S, 1.0)
+    return max(train_budget_s - elapsed_s - FINISH_RESERVE_S, 1.0)
 
 
 def block_config(cfg: Config):  # noqa: ANN201
@@ -99,6 +99,17 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
         raise TrainingError(f"batch version {version} has {len(train_df)} train and {len(val_df)} validation examples")
     train_arrays = example_arrays(train_df, users, vocab)
     val_arrays = example_arrays(val_df, users, vocab)
+
+    sequence_fit = None
+    if cfg.model.sequence_epochs > 0:
+        seq_budget = cfg.model.train_budget_s * cfg.model.sequence_budget_share
+        sequence_fit = fit_sequence(cfg, interactions, vocab, verbose=verbose, budget_s=seq_budget)
+    neighbour_fit = fit_neighbours(cfg, interactions, vocab, verbose) if sequence_fit is not None else None
+    if cfg.model.hard_negatives and neighbour_fit is not None:
+        train_arrays, val_arrays = (add_hard_negatives(a, neighbour_fit.on_train, interactions, vocab,
+                                                       cfg.model.hard_negatives, cfg.model.seed + i)
+                                    for i, a in enumerate((train_arrays, val_arrays)))
+
     strategy, device = _strategy()
     batch = cfg.model.batch_size * max(1, strategy.num_replicas_in_sync)
     train_ds = dataset(train_arrays, table, batch, shuffle=True, seed=cfg.model.seed,
@@ -111,15 +122,10 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
         epochs, steps_per_epoch = cfg.model.epochs * slices, -(-cfg.model.epoch_examples // batch)
         train_ds = train_ds.repeat()
 
-    sequence_fit = None
-    if cfg.model.sequence_epochs > 0:
-        seq_budget = cfg.model.train_budget_s * cfg.model.sequence_budget_share
-        sequence_fit = fit_sequence(cfg, interactions, vocab, verbose=verbose, budget_s=seq_budget)
-    neighbour_fit = fit_neighbours(cfg, interactions, vocab, verbose) if sequence_fit is not None else None
-
     with strategy.scope():
         ranker = build_ranker(VocabSizes.of(vocab), blocks)
-        trainer = RankerTrainer(ranker, score_weight=cfg.model.score_weight, rating_weight=cfg.model.rating_weight)
+        trainer = RankerTrainer(ranker, score_weight=cfg.model.score_weight, rating_weight=cfg.model.rating_weight,
+                                listwise_weight=cfg.model.listwise_weight)
         trainer.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.model.learning_rate))
         for inputs, _ in val_ds.take(1):  # build before fit: BackupAndRestore needs built weights to restore into
             trainer(inputs)
@@ -174,7 +180,8 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
         "config": {k: getattr(cfg.model, k) for k in ("batch_size", "learning_rate", "epochs", "patience", "seed",
                                                       "score_weight", "rating_weight", "max_train_examples",
                                                       "cold_movie_rate", "cold_user_rate", "epoch_examples",
-                                                      "train_budget_s", "sequence_budget_share")},
+                                                      "train_budget_s", "sequence_budget_share", "hard_negatives",
+                                                      "listwise_weight")},
     }
     if sequence_fit is not None:
         summary["sequence"] = mix_and_save_sequence(cfg, version, vocab, table, movie_features, users, ranker, paths,
@@ -291,15 +298,29 @@ def fit_sequence(cfg: Config, inter: pd.DataFrame, vocab: Any, verbose: int = 1,
 
 
 def fit_neighbours(cfg: Config, inter: pd.DataFrame, vocab: Any, verbose: int = 1) -> Any:
-    """The neighbour prior (``model.neighbours``) tuned and fitted on the version's split, or None when
-    ``model.neighbour_weight`` is 0. Fitted before the ranker, so its seconds come out of the ranker's budget."""
-    if cfg.model.neighbour_weight == 0:
+    """The neighbour prior (``model.neighbours``) tuned and fitted on the version's split, or None when neither
+    the score (``model.neighbour_weight`` 0) nor the ranker's hard negatives use it. Fitted before the ranker,
+    so its seconds come out of the ranker's budget."""
+    if cfg.model.neighbour_weight == 0 and not cfg.model.hard_negatives:
         return None
     fitted = N.fit(inter, vocab.movie, cfg.model.neighbour_max_movies, cfg.model.neighbour_successors)
     if verbose:
         print(f"neighbour prior: {fitted.exported.size} movies, EASE lambda {fitted.exported.lam:g}, transition "
               f"beta {fitted.exported.beta:g} ({fitted.seconds:.0f} s)", flush=True)
     return fitted
+
+
+def add_hard_negatives(arrays: Any, prior: Any, inter: pd.DataFrame, vocab: Any, k: int, seed: int) -> Any:
+    """``k`` more negatives per example from the successors of its latest history movie
+    (``model.neighbours.hard_negatives``; the prior fitted on the training split), never a movie the user rated
+    in the train or validation split (test is not read)."""
+    from model.data import with_negatives
+
+    seen = inter[inter["split"] != "test"]
+    rated = seen["user_id"].to_numpy(np.int64) * (1 << 32) + vocab.movie.encode(seen["movie_id"].to_numpy())
+    extra = N.hard_negatives(prior, arrays.user["hist_movie_idx"][:, -1], arrays.user_id, arrays.cand_movie_idx[:, 1:],
+                             np.unique(rated), k, seed)
+    return with_negatives(arrays, extra)
 
 
 def mix_and_save_sequence(cfg: Config, version: str, vocab: Any, table: Any, movie_features: pd.DataFrame,

@@ -4,6 +4,9 @@
 
 * interaction head: binary cross-entropy over every candidate (the rated movie is 1,
   the sampled never-rated movies 0);
+* optionally (``listwise_weight`` > 0) a listwise term: softmax cross-entropy of the rated movie against the
+  example's whole candidate list, on the score's logit, so the loss rewards ordering the list, not only
+  telling each candidate apart from random;
 * rating head: squared error on the rated movie only (negatives have no rating).
 
 The wrapped ranker is what gets saved and exported; the trainer is only the loop.
@@ -21,11 +24,13 @@ import tensorflow as tf
 class RankerTrainer(keras.Model):
     """Keras model whose train/test steps compute the two-head loss of the ranker."""
 
-    def __init__(self, ranker: keras.Model, score_weight: float = 1.0, rating_weight: float = 0.5, **kwargs: Any) -> None:
+    def __init__(self, ranker: keras.Model, score_weight: float = 1.0, rating_weight: float = 0.5,
+                 listwise_weight: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ranker = ranker
         self.score_weight = float(score_weight)
         self.rating_weight = float(rating_weight)
+        self.listwise_weight = float(listwise_weight)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.bce_tracker = keras.metrics.Mean(name="bce")
         self.mse_tracker = keras.metrics.Mean(name="rating_mse")
@@ -47,7 +52,13 @@ class RankerTrainer(keras.Model):
         bce = -tf.reduce_mean(y * tf.math.log(p) + (1.0 - y) * tf.math.log(1.0 - p))
         mask = labels["rating_mask"]
         mse = tf.reduce_sum(mask * tf.square(rating - labels["rating"])) / tf.maximum(tf.reduce_sum(mask), 1.0)
-        return self.score_weight * bce + self.rating_weight * mse, bce, mse
+        loss = self.score_weight * bce + self.rating_weight * mse
+        if self.listwise_weight > 0:
+            logit = tf.math.log(p) - tf.math.log(1.0 - p)
+            listwise = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(y / tf.reduce_sum(y, -1, keepdims=True),
+                                                                              logit))
+            loss += self.listwise_weight * listwise
+        return loss, bce, mse
 
     def _update(self, outputs: dict[str, Any], labels: dict[str, Any], loss: Any, bce: Any, mse: Any) -> dict[str, Any]:
         self.loss_tracker.update_state(loss)

@@ -171,6 +171,8 @@ class ModelConfig:
     mix_users: int = _f(1000, "Validation users the mix is chosen on (a seeded sample).")
     neighbour_weight: float = _f(-1.0, "Weight of the neighbour prior (EASE + last-movie transition, standardised per user; model/neighbours.py) in the exported score's logit, >= 0; -1 = chosen on validation jointly with sequence_mix, 0 = no prior.")
     neighbour_max_movies: int = _f(5000, "Movies the neighbour prior covers (the most-rated; its EASE table is dense: 5,000 movies = 100 MB of float32).")
+    hard_negatives: int = _f(0, "Extra negatives per ranker example drawn from the successors of its latest history movie (what recall proposes at that moment; model/neighbours.py), never a movie the user rated; 0 = the batch's uniform negatives only.")
+    listwise_weight: float = _f(0.0, "Weight of a listwise loss for the ranker (softmax cross-entropy of the rated movie over its example's candidate list), added to the interaction BCE; 0 = pointwise only.")
     neighbour_successors: int = _f(50, "Likeliest next movies kept per movie in the neighbour prior's transition table.")
 
 
@@ -428,6 +430,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"data.p3_replay_fraction must be in (0, 1), got {cfg.data.p3_replay_fraction}")
     if cfg.model.neighbour_weight < 0 and cfg.model.neighbour_weight != -1:
         raise ConfigError(f"model.neighbour_weight must be >= 0 or -1 (chosen on validation), got {cfg.model.neighbour_weight}")
+    for key in ("hard_negatives", "listwise_weight"):
+        if getattr(cfg.model, key) < 0:
+            raise ConfigError(f"model.{key} must be >= 0, got {getattr(cfg.model, key)}")
     for key in ("neighbour_max_movies", "neighbour_successors"):
         if getattr(cfg.model, key) < 1:
             raise ConfigError(f"model.{key} must be at least 1, got {getattr(cfg.model, key)}")

@@ -369,3 +369,23 @@ def test_the_split_ranker_equals_the_whole_one() -> None:
     for k in ("score", "rating", "attention"):
         np.testing.assert_allclose(on_vectors[k].numpy(), whole[k].numpy(), rtol=1e-5, atol=1e-6)
     assert "title_cnn" not in {layer.name for layer in rest.layers}
+
+
+@pytest.mark.tf
+def test_the_listwise_term_is_softmax_cross_entropy_of_the_rated_movie_over_its_list() -> None:
+    """RankerTrainer.compute_losses by hand: BCE over every candidate + rating MSE on the rated one, plus
+    ``listwise_weight`` x -log softmax(logit)[rated] when it is above 0."""
+    from model.trainer import RankerTrainer
+
+    score = np.array([[0.8, 0.5, 0.2]], np.float32)
+    outputs = {"score": tf.constant(score), "rating": tf.constant([[4.0, 0.0, 0.0]])}
+    labels = {"score": tf.constant([[1.0, 0.0, 0.0]]), "rating": tf.constant([[5.0, 0.0, 0.0]]),
+              "rating_mask": tf.constant([[1.0, 0.0, 0.0]])}
+    bce = -np.mean([np.log(0.8), np.log(0.5), np.log(0.8)])
+    logit = np.log(score / (1 - score))[0]
+    listwise = -(logit[0] - np.log(np.exp(logit).sum()))
+    plain, b, mse = RankerTrainer(None, 1.0, 0.5).compute_losses(outputs, labels)
+    assert float(b) == pytest.approx(bce, rel=1e-5) and float(mse) == pytest.approx(1.0)
+    assert float(plain) == pytest.approx(bce + 0.5, rel=1e-5)
+    both, _, _ = RankerTrainer(None, 1.0, 0.5, listwise_weight=2.0).compute_losses(outputs, labels)
+    assert float(both) == pytest.approx(bce + 0.5 + 2.0 * listwise, rel=1e-5)

@@ -107,3 +107,21 @@ def test_config_bounds_of_the_prior(tmp_path: Path, line: str, message: str) -> 
         load_config(home=tmp_path, environ={})
     (tmp_path / "recsys.toml").write_text("[model]\nneighbour_weight = 0.0\n", encoding="utf-8")
     assert load_config(home=tmp_path, environ={}).model.neighbour_weight == 0.0
+
+
+def test_hard_negatives_are_successors_of_the_latest_movie_never_rated_else_the_uniform_ones() -> None:
+    # prior over vocabulary indices 1..4; successors: 1 -> {2, 3}, 2 -> {4}, 3 -> none
+    p = np.array([[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0] * 4, [0.0] * 4])
+    prior = N.NeighbourPrior.from_blend(_blend(np.zeros((4, 4)), p, 1.0), np.array([1, 2, 3, 4]), 4, successors=2)
+    assert sorted(prior.successors(np.array([1]))[0].tolist()) == [2, 3] and prior.successors(np.array([0])).max() == 0
+    last = np.array([1, 1, 2, 3])
+    users = np.array([10, 11, 12, 13])
+    rated = np.array([11 * (1 << 32) + 3, 12 * (1 << 32) + 4])           # user 11 rated 3, user 12 rated 4
+    fallback = np.array([[9, 8], [9, 8], [9, 8], [9, 8]])
+    got = N.hard_negatives(prior, last, users, fallback, rated, k=20, seed=0)
+    assert got.shape == (4, 20)
+    assert set(got[0]) == {2, 3}                      # both successors of 1 drawn
+    assert set(got[1]) <= {2, 9, 8} and 2 in got[1]   # 3 was rated by user 11: its draws fall back
+    assert set(got[2]) == {9, 8}                      # 2's only successor was rated
+    assert set(got[3]) == {9, 8}                      # 3 has no successors
+    np.testing.assert_array_equal(got, N.hard_negatives(prior, last, users, fallback, rated, k=20, seed=0))

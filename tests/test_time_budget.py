@@ -66,8 +66,8 @@ def test_zero_means_no_bound() -> None:
 
 
 def test_the_ranker_gets_what_the_next_movie_model_left_less_the_reserve() -> None:
-    from model.train import SEQUENCE_RESERVE_S, ranker_seconds
+    from model.train import FINISH_RESERVE_S, ranker_seconds
 
-    assert ranker_seconds(1080.0, 200.0) == 1080.0 - 200.0 - SEQUENCE_RESERVE_S
+    assert ranker_seconds(1080.0, 200.0) == 1080.0 - 200.0 - FINISH_RESERVE_S
     assert ranker_seconds(1080.0, 1075.0) == 1.0      # overrun already: one step, then the bound stops it
     assert ranker_seconds(0.0, 5000.0) == 0.0          # no bound configured
