@@ -104,7 +104,9 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
     if cfg.model.sequence_epochs > 0:
         seq_budget = cfg.model.train_budget_s * cfg.model.sequence_budget_share
         sequence_fit = fit_sequence(cfg, interactions, vocab, verbose=verbose, budget_s=seq_budget)
-    neighbour_fit = fit_neighbours(cfg, interactions, vocab, verbose) if sequence_fit is not None else None
+    neighbour_fit = None  # the score uses it only beside the sequence model; hard negatives use it always
+    if sequence_fit is not None or cfg.model.hard_negatives:
+        neighbour_fit = fit_neighbours(cfg, interactions, vocab, verbose)
     if cfg.model.hard_negatives and neighbour_fit is not None:
         train_arrays, val_arrays = (add_hard_negatives(a, neighbour_fit.on_train, interactions, vocab,
                                                        cfg.model.hard_negatives, cfg.model.seed + i)
