@@ -279,9 +279,10 @@ def load_neighbours(run_dir: Path) -> tuple[Any, float] | None:
     from model import sequence as S
 
     prior = N.load(Path(run_dir))
-    if prior is None:
+    spec = Path(run_dir) / S.SPEC_FILE
+    if prior is None or not spec.exists():  # the weight lives beside the sequence model: none, no prior
         return None
-    weight = float(json.loads((Path(run_dir) / S.SPEC_FILE).read_text()).get("neighbour_weight", 0.0))
+    weight = float(json.loads(spec.read_text()).get("neighbour_weight", 0.0))
     return (prior, weight) if weight > 0 else None
 
 

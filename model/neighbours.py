@@ -160,9 +160,12 @@ def hard_negatives(prior: NeighbourPrior, last_idx: np.ndarray, user_ids: np.nda
                    rated: np.ndarray, k: int, seed: int) -> np.ndarray:
     """[n, k] vocabulary indices of hard negatives, one row per training example: movies that followed the
     example's latest history movie (``last_idx``; what recall's next-movie and co-occurrence channels propose at
-    that moment), drawn uniformly from its successors, never a movie the user rated (``rated``: int64 keys
-    ``user_id * 2**32 + movie index``); where none is left, the example's own uniform negatives (``fallback``
-    [n, F]) stand in.
+    that moment). Each of the k draws picks one of the movie's K successor slots uniformly (with
+    replacement); a draw that lands on an empty slot (a movie with fewer than K successors) or on a movie the
+    user rated (``rated``: int64 keys ``user_id * 2**32 + movie index``) takes the example's own uniform
+    negative instead (``fallback`` [n, F], at least one column), so a movie with few successors yields fewer
+    hard negatives. This is the sampler the development-set numbers were measured with; drawing only among the
+    real successors is a candidate improvement, not yet measured.
 
     Why: negatives drawn uniformly from the catalogue teach the ranker "plausible vs random", but at serving it
     orders the plausible candidates recall hands it; negatives from the same neighbourhood teach that order.
@@ -172,9 +175,10 @@ def hard_negatives(prior: NeighbourPrior, last_idx: np.ndarray, user_ids: np.nda
     pool = prior.successors(last_idx)                                         # [n, K]
     pick = pool[np.arange(n)[:, None], rng.integers(0, pool.shape[1], size=(n, k))]
     keys = np.asarray(user_ids, np.int64)[:, None] * (1 << 32) + pick
+    if not fallback.shape[1]:
+        raise ValueError("hard negatives need at least one uniform negative per example to fall back on")
     bad = (pick == 0) | np.isin(keys, np.asarray(rated, np.int64))
-    if fallback.shape[1]:
-        pick = np.where(bad, fallback[np.arange(n)[:, None], np.arange(k)[None, :] % fallback.shape[1]], pick)
+    pick = np.where(bad, fallback[np.arange(n)[:, None], np.arange(k)[None, :] % fallback.shape[1]], pick)
     return pick.astype(np.int32)
 
 

@@ -189,6 +189,11 @@ def train(cfg: Config, version: str | None = None, run_name: str | None = None,
         summary["sequence"] = mix_and_save_sequence(cfg, version, vocab, table, movie_features, users, ranker, paths,
                                                     sequence_fit, neighbour_fit, verbose=verbose)
         summary["train_seconds"] = round(summary["train_seconds"] + summary["sequence"]["train_seconds"], 1)
+    else:  # a rerun into the same run directory must not export an earlier run's sequence model or prior
+        from model import sequence as S
+
+        for name in (S.WEIGHTS_FILE, S.SPEC_FILE, N.FILE):
+            (paths.root / name).unlink(missing_ok=True)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_text(paths.summary, json.dumps(summary, indent=2))
     atomic_write_text(runs_dir(home) / "LATEST", run_name + "\n")

@@ -169,7 +169,7 @@ class ModelConfig:
     sequence_learning_rate: float = _f(0.003, "Adam learning rate of the sequence model (its own: on ml-latest-small 0.003 reached validation NDCG@10 0.080 in 300 s of training where 0.001 reached 0.024 in 160 s and 0.074 after 48 epochs; 0.006 gave 0.078).")
     sequence_mix: float = _f(-1.0, "Share of the sequence model's log-probability in the exported score, 0..1; -1 = chosen on validation.")
     mix_users: int = _f(1000, "Validation users the mix is chosen on (a seeded sample).")
-    neighbour_weight: float = _f(-1.0, "Weight of the neighbour prior (EASE + last-movie transition, standardised per user; model/neighbours.py) in the exported score's logit, >= 0; -1 = chosen on validation jointly with sequence_mix, 0 = no prior.")
+    neighbour_weight: float = _f(-1.0, "Weight of the neighbour prior (EASE + last-movie transition, standardised per user; model/neighbours.py) in the exported score's logit, >= 0; -1 = chosen on validation jointly with sequence_mix, 0 = no prior. Exported only with the next-movie model (model.sequence_epochs > 0), beside which its weight is chosen.")
     neighbour_max_movies: int = _f(5000, "Movies the neighbour prior covers (the most-rated; its EASE table is dense: 5,000 movies = 100 MB of float32).")
     hard_negatives: int = _f(4, "Extra negatives per ranker example drawn from the successors of its latest history movie (what recall proposes at that moment; model/neighbours.py), never a movie the user rated; 0 = the batch's uniform negatives only. With listwise_weight 1, ML-100K P1 through the gateway went from 0.2206 / 0.1192 to 0.2365 / 0.1280 full HR@10 / NDCG@10 (ml-latest-small 0.1262 / 0.0650 -> 0.1197 / 0.0660, within noise); validation NDCG@10 rose on both.")
     listwise_weight: float = _f(1.0, "Weight of a listwise loss for the ranker (softmax cross-entropy of the rated movie over its example's candidate list), added to the interaction BCE; 0 = pointwise only.")
@@ -436,6 +436,12 @@ def _validate(cfg: Config) -> None:
     for key in ("neighbour_max_movies", "neighbour_successors"):
         if getattr(cfg.model, key) < 1:
             raise ConfigError(f"model.{key} must be at least 1, got {getattr(cfg.model, key)}")
+    if cfg.model.neighbour_max_movies > 20_000:
+        raise ConfigError(f"model.neighbour_max_movies must be at most 20000 (its EASE table is dense: "
+                          f"P x P floats), got {cfg.model.neighbour_max_movies}")
+    if cfg.model.hard_negatives and cfg.samples.negatives < 1:
+        raise ConfigError("model.hard_negatives needs samples.negatives >= 1 (a hard draw that lands on a movie "
+                          "the user rated falls back to a uniform negative)")
     if not 0 < cfg.model.sequence_budget_share < 1:
         raise ConfigError(f"model.sequence_budget_share must be in (0, 1), got {cfg.model.sequence_budget_share}")
     if not 0 < cfg.serving.genre_cap <= 1:

@@ -96,13 +96,19 @@ def test_a_fit_on_interactions_learns_what_follows_what() -> None:
     np.testing.assert_array_equal(again.exported.ease, fitted.exported.ease)
 
 
-@pytest.mark.parametrize("line, message", [("neighbour_weight = -0.5", "model.neighbour_weight must be >= 0 or -1"),
-                                           ("neighbour_max_movies = 0", "model.neighbour_max_movies must be at least 1"),
-                                           ("neighbour_successors = 0", "model.neighbour_successors must be at least 1")])
-def test_config_bounds_of_the_prior(tmp_path: Path, line: str, message: str) -> None:
+@pytest.mark.parametrize("text, message", [
+    ("[model]\nneighbour_weight = -0.5", "model.neighbour_weight must be >= 0 or -1"),
+    ("[model]\nneighbour_max_movies = 0", "model.neighbour_max_movies must be at least 1"),
+    ("[model]\nneighbour_max_movies = 30000", "model.neighbour_max_movies must be at most 20000"),
+    ("[model]\nneighbour_successors = 0", "model.neighbour_successors must be at least 1"),
+    ("[model]\nhard_negatives = -1", "model.hard_negatives must be >= 0"),
+    ("[model]\nlistwise_weight = -1.0", "model.listwise_weight must be >= 0"),
+    ("[samples]\nnegatives = 0", "model.hard_negatives needs samples.negatives >= 1"),
+])
+def test_config_bounds_of_the_prior(tmp_path: Path, text: str, message: str) -> None:
     from pipeline.config import ConfigError, load_config
 
-    (tmp_path / "recsys.toml").write_text(f"[model]\n{line}\n", encoding="utf-8")
+    (tmp_path / "recsys.toml").write_text(text + "\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         load_config(home=tmp_path, environ={})
     (tmp_path / "recsys.toml").write_text("[model]\nneighbour_weight = 0.0\n", encoding="utf-8")
@@ -125,3 +131,5 @@ def test_hard_negatives_are_successors_of_the_latest_movie_never_rated_else_the_
     assert set(got[2]) == {9, 8}                      # 2's only successor was rated
     assert set(got[3]) == {9, 8}                      # 3 has no successors
     np.testing.assert_array_equal(got, N.hard_negatives(prior, last, users, fallback, rated, k=20, seed=0))
+    with pytest.raises(ValueError, match="at least one uniform negative"):
+        N.hard_negatives(prior, last, users, fallback[:, :0], rated, k=2, seed=0)
