@@ -164,8 +164,10 @@ def hard_negatives(prior: NeighbourPrior, last_idx: np.ndarray, user_ids: np.nda
     replacement); a draw that lands on an empty slot (a movie with fewer than K successors) or on a movie the
     user rated (``rated``: int64 keys ``user_id * 2**32 + movie index``) takes the example's own uniform
     negative instead (``fallback`` [n, F], at least one column), so a movie with few successors yields fewer
-    hard negatives. This is the sampler the development-set numbers were measured with; drawing only among the
-    real successors is a candidate improvement, not yet measured.
+    hard negatives. This is the sampler the development-set numbers were measured with. Drawing k distinct
+    movies among the real successors only was tried on ML-100K: validation NDCG@10 0.143 vs 0.139, P1 test
+    0.2248 / 0.1255 vs 0.2365 / 0.1280 HR@10 / NDCG@10, both differences within one standard error, so the
+    simpler sampler stays.
 
     Why: negatives drawn uniformly from the catalogue teach the ranker "plausible vs random", but at serving it
     orders the plausible candidates recall hands it; negatives from the same neighbourhood teach that order.
