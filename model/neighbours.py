@@ -172,13 +172,13 @@ def hard_negatives(prior: NeighbourPrior, last_idx: np.ndarray, user_ids: np.nda
     Why: negatives drawn uniformly from the catalogue teach the ranker "plausible vs random", but at serving it
     orders the plausible candidates recall hands it; negatives from the same neighbourhood teach that order.
     """
+    if not fallback.shape[1]:
+        raise ValueError("hard negatives need at least one uniform negative per example to fall back on")
     rng = np.random.default_rng(seed)
     n = len(last_idx)
     pool = prior.successors(last_idx)                                         # [n, K]
     pick = pool[np.arange(n)[:, None], rng.integers(0, pool.shape[1], size=(n, k))]
     keys = np.asarray(user_ids, np.int64)[:, None] * (1 << 32) + pick
-    if not fallback.shape[1]:
-        raise ValueError("hard negatives need at least one uniform negative per example to fall back on")
     bad = (pick == 0) | np.isin(keys, np.asarray(rated, np.int64))
     pick = np.where(bad, fallback[np.arange(n)[:, None], np.arange(k)[None, :] % fallback.shape[1]], pick)
     return pick.astype(np.int32)
