@@ -125,68 +125,93 @@ def measured(usage: Usage, target: str, kind: str, phases: list[tuple[float, flo
 FLOOR_REQUESTS = 300  # the in-process floor runs a sample of the Predict requests (x3 rounds)
 
 
-def floor(model_dir: Path, signature: str, requests: list[dict[str, np.ndarray]], rounds: int = 3) -> dict:
-    """The exported model called in-process and sequentially on ``requests``: latency and CPU per call."""
+def floor(model_dir: Path, requests: list[tuple[str, dict[str, np.ndarray]]], rounds: int = 3) -> dict:
+    """The exported model called in-process and sequentially on ``requests`` ((signature, inputs) pairs):
+    latency and CPU per call."""
     import tensorflow as tf
 
     from serving.tensors import from_tensor_proto, to_tensor_proto
 
-    fn = tf.saved_model.load(str(model_dir)).signatures[signature]
-    specs = fn.structured_input_signature[1]
-    tensors = [{k: tf.constant(from_tensor_proto(to_tensor_proto(v)), dtype=specs[k].dtype) for k, v in r.items()}
-               for r in requests]
-    for t in tensors[:20]:
+    signatures = tf.saved_model.load(str(model_dir)).signatures
+    calls = []
+    for name, r in requests:
+        fn = signatures[name]
+        specs = fn.structured_input_signature[1]
+        calls.append((fn, {k: tf.constant(from_tensor_proto(to_tensor_proto(v)), dtype=specs[k].dtype)
+                           for k, v in r.items()}))
+    for fn, t in calls[:20]:
         fn(**t)
     times: list[float] = []
     cpu0 = time.process_time()
     for _ in range(rounds):
-        for t in tensors:
+        for fn, t in calls:
             t0 = time.perf_counter()
             fn(**t)
             times.append(time.perf_counter() - t0)
-    return {"signature": signature, "calls": len(times), **percentiles(times),
+    return {"signatures": sorted({name for name, _ in requests}), "calls": len(times), **percentiles(times),
             "cpu_ms_per_call": round((time.process_time() - cpu0) * 1000 / len(times), 2)}
 
 
-def rank_requests(stack: Any, users: list[int]) -> tuple[list[dict[str, np.ndarray]], str, int]:
-    """(the ranking request the gateway sends for each user, its signature, mean candidates ranked).
+def rank_requests(stack: Any, users: list[int]) -> tuple[list[tuple[str, dict[str, np.ndarray]]], dict[str, float]]:
+    """(the model request the gateway's Recommend sends for each user as (signature, inputs), mean counts).
 
-    ``rank_ids`` when the gateway would use it (on, in the export, of the served batch version: probed through
-    the gateway's own client), else ``serving_default`` with every candidate's features.
+    The gateway's own steps: with history and an export that has ``recommend``, the other channels' fused
+    candidates (``Gateway.sent_in_one_call``) in one ``recommend`` call; otherwise the merged list
+    (``Gateway.candidates``, the model's next movies included) through ``rank_ids`` where the gateway would use it
+    (probed through its own client), else ``serving_default`` with every candidate's features. The counts: the
+    merged candidates Recommend ranks, and the rows the model scores for them.
     """
-    from model.signature import RANK_IDS_SIGNATURE, SIGNATURE_NAME, build_request, build_user_request
+    from model.signature import (RANK_IDS_SIGNATURE, RECOMMEND_SIGNATURE, SIGNATURE_NAME, build_request,
+                                 build_user_request)
     from pipeline import keys as K
+    from pipeline import recall as R
 
     gw = stack.gateway
     view = gw.versions.view()
-    parts = []
-    for uid in users:  # the gateway's own candidate step: the model channel's next movies included
-        ctx, feats = view.store.user_context(uid, history_len=gw.cfg.features.history_len)
-        ids = [c.movie_id for c in gw.candidates(view, ctx)]
-        parts.append((gw._user_input(uid, ctx, feats), ids))
-    fell_back: list[int] = []
+    batch = K.batch_version_of(view.store.version)
+    H = gw.history_len
+    probe: dict[str, bool] = {}  # does rank_ids answer for this version (asked once)
 
     def full(user: Any, ids: list[int]) -> dict[str, np.ndarray]:
-        return build_request(user, view.catalog.movie_inputs(ids), gw.history_len, gw.title_len)
+        return build_request(user, view.catalog.movie_inputs(ids), H, gw.title_len)
 
-    if gw.cfg.serving.precomputed_candidates:
-        user, ids = parts[0]
-        gw.ranking.rank_ids(build_user_request(user, gw.history_len), np.asarray([ids], np.int64),
-                            K.batch_version_of(view.store.version),
-                            lambda: fell_back.append(1) or full(user, ids), timeout_s=30)
-    by_ids = gw.cfg.serving.precomputed_candidates and not fell_back
-    out = [{**build_user_request(u, gw.history_len), "movie_ids": np.asarray([ids], np.int64)} if by_ids
-           else full(u, ids) for u, ids in parts]
-    return out, RANK_IDS_SIGNATURE if by_ids else SIGNATURE_NAME, int(np.mean([len(i) for _, i in parts]))
+    out, merged, rows = [], [], []
+    for uid in users:
+        ctx, feats = view.store.user_context(uid, history_len=gw.cfg.features.history_len)
+        user = gw._user_input(uid, ctx, feats)
+        per_channel = gw._channels(view, ctx)
+        if gw._with_model_channel(ctx) and gw.cfg.serving.precomputed_candidates:
+            sent = gw.sent_in_one_call(per_channel)
+            req = {**build_user_request(user, H), "movie_ids": np.asarray([sent], np.int64)}
+            got = gw.ranking.recommend(build_user_request(user, H), req["movie_ids"], batch,
+                                       lambda: full(user, sent), timeout_s=30)
+            if got is not None:
+                per_channel[R.MODEL_CHANNEL] = gw._model_channel(view, ctx, got.next_movies, ())
+                out.append((RECOMMEND_SIGNATURE, req))
+                merged.append(len(gw._fuse(per_channel)))
+                rows.append(len(sent) + len(got.next_movies))
+                continue
+        ids = [c.movie_id for c in gw.candidates(view, ctx)]
+        if "ids" not in probe:
+            fell_back: list[int] = []
+            gw.ranking.rank_ids(build_user_request(user, H), np.asarray([ids], np.int64), batch,
+                                lambda: fell_back.append(1) or full(user, ids), timeout_s=30)
+            probe["ids"] = gw.cfg.serving.precomputed_candidates and not fell_back
+        out.append((RANK_IDS_SIGNATURE, {**build_user_request(user, H), "movie_ids": np.asarray([ids], np.int64)})
+                   if probe["ids"] else (SIGNATURE_NAME, full(user, ids)))
+        merged.append(len(ids))
+        rows.append(len(ids))
+    return out, {"candidates_merged_mean": round(float(np.mean(merged)), 1),
+                 "rows_scored_mean": round(float(np.mean(rows)), 1)}
 
 
-def to_predict(requests: list[dict[str, np.ndarray]], model_name: str, signature: str) -> list[Any]:
+def to_predict(requests: list[tuple[str, dict[str, np.ndarray]]], model_name: str) -> list[Any]:
     from tensorflow_serving.apis import model_pb2, predict_pb2
 
     from serving.tensors import to_tensor_proto
 
     out = []
-    for r in requests:
+    for signature, r in requests:
         req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
         for name, value in r.items():
             req.inputs[name].CopyFrom(to_tensor_proto(value))
@@ -216,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=2.0, help="each call's deadline, seconds")
     parser.add_argument("--max-batch", type=int, help="model server batching (1 = off); default serving.max_batch")
     parser.add_argument("--intra-op-threads", type=int, help="model server TensorFlow intra-op threads")
+    parser.add_argument("--inter-op-threads", type=int, help="model server TensorFlow inter-op threads")
+    parser.add_argument("--max-in-flight", type=int, help="gateway admission bound; default serving.grpc_max_in_flight")
+    parser.add_argument("--model-server", default="",
+                        help="'in-process': the model server inside the gateway (no Predict-alone target then, "
+                             "there is no model port); default: the embedded child process")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
 
@@ -224,11 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     from serving.app import serving_stack, wait_for_model
 
     cfg = ensure_home(Path(args.home) if args.home else Path("bench/.home"), args.ratings)
-    serving = {"bind": "127.0.0.1", "grpc_port": 0, "http_port": 0, "model_port": 0}
+    serving = {"bind": "127.0.0.1", "grpc_port": 0, "http_port": 0, "model_port": 0,
+               "model_server": args.model_server}
     if args.max_batch:
         serving["max_batch"] = args.max_batch
     if args.intra_op_threads is not None:
         serving["model_intra_op_threads"] = args.intra_op_threads
+    if args.inter_op_threads is not None:
+        serving["model_inter_op_threads"] = args.inter_op_threads
+    if args.max_in_flight:
+        serving["grpc_max_in_flight"] = args.max_in_flight
     cfg = cfg.replace("serving", **serving)
     rates = [float(r) for r in args.rates.split(",")]
     results: dict[str, Any] = {"recommend": [], "predict": []}
@@ -243,19 +278,21 @@ def main(argv: list[str] | None = None) -> int:
         users = users[:max(args.users, 1)]
         (work / "users.txt").write_text("\n".join(map(str, users)))
         console.print(f"ranking requests of {len(users):,} users (the gateway's own candidates) ...")
-        requests, signature, n_candidates = rank_requests(stack, users)
-        write_requests(work / "predict.bin", to_predict(requests, cfg.serving.model_name, signature))
+        requests, counts = rank_requests(stack, users)
+        signatures = sorted({name for name, _ in requests})
+        write_requests(work / "predict.bin", to_predict(requests, cfg.serving.model_name))
         model_dir = model_base(Home(cfg.home), cfg.serving.model_name) / str(exported_versions(Home(cfg.home))[0])
         sample = requests[:FLOOR_REQUESTS]
-        console.print(f"floor: the model in-process on {len(sample)} of those requests ({signature}) ...")
-        results["floor"] = floor(model_dir, signature, sample)
-        usage = Usage({"gateway": os.getpid(), "model_server": stack.extras["model"].process.pid})
-        for kind, target, source in (("predict", stack.model_target, work / "predict.bin"),
-                                     ("recommend", stack.grpc_target, work / "users.txt")):
+        console.print(f"floor: the model in-process on {len(sample)} of those requests ({', '.join(signatures)}) ...")
+        results["floor"] = floor(model_dir, sample)
+        child = stack.extras["model"]
+        usage = Usage({"gateway": os.getpid(), **({"model_server": child.process.pid} if child else {})})
+        targets = ([("predict", stack.model_target, work / "predict.bin")] if child else []) + [
+            ("recommend", stack.grpc_target, work / "users.txt")]
+        for kind, target, source in targets:
             loadgen(target, kind, [(20.0, 2.0)], source, args.deadline)  # warm-up: connections, traces, caches
         for rate in rates:
-            for kind, target, source in (("predict", stack.model_target, work / "predict.bin"),
-                                         ("recommend", stack.grpc_target, work / "users.txt")):
+            for kind, target, source in targets:
                 console.print(f"rate {rate:g}/s: {kind} ...")
                 r = measured(usage, target, kind, [(rate, args.seconds)], source, args.deadline)
                 r.pop("timeline")
@@ -273,13 +310,16 @@ def main(argv: list[str] | None = None) -> int:
                                    **overload(timeline, args.burst_seconds, threshold)}
         stages = stage_means(stack.http_port)
     result = {"benchmark": "serving", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": describe(), "home": str(cfg.home), "candidates_ranked_mean": n_candidates,
-              "rank_signature": signature, "distinct_users": len(users), "seconds_per_rate": args.seconds,
+              "machine": describe(), "home": str(cfg.home), **counts,
+              "rank_signatures": signatures, "distinct_users": len(users), "seconds_per_rate": args.seconds,
               "deadline_s": args.deadline, "max_batch": cfg.serving.max_batch,
-              "model_intra_op_threads": cfg.serving.model_intra_op_threads, **results, "stage_mean_ms": stages}
+              "model_server": cfg.serving.model_server or "embedded child process",
+              "model_intra_op_threads": cfg.serving.model_intra_op_threads,
+              "model_inter_op_threads": cfg.serving.model_inter_op_threads,
+              "grpc_max_in_flight": cfg.serving.grpc_max_in_flight, **results, "stage_mean_ms": stages}
     f = results["floor"]
     table = Table(title=f"serving, open loop from a separate process ({describe()['cores']} cores, "
-                        f"~{n_candidates} candidates ranked, {len(users)} users, k=10); "
+                        f"~{counts['candidates_merged_mean']:g} candidates ranked ({counts['rows_scored_mean']:g} rows scored), {len(users)} users, k=10); "
                         f"floor p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms")
     for col in ("target", "offered/s", "goodput/s", "p50 ms", "p99 ms", "degraded", "errors", "gw CPU-ms",
                 "model CPU-ms"):
@@ -289,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu = r["cpu_ms_per_request"]
             table.add_row("Predict alone" if target == "predict" else "Recommend", f"{r['rate']:g}",
                           str(r["goodput_rps"]), str(r["p50_ms"]), str(r["p99_ms"]), str(r["degraded"]),
-                          str(sum(r["errors"].values())), str(cpu["gateway"]), str(cpu["model_server"]))
+                          str(sum(r["errors"].values())), str(cpu["gateway"]), str(cpu.get("model_server", "-")))
     console.print(table)
     overhead = [round(r["p50_ms"] - p["p50_ms"], 2) for r, p in zip(results["recommend"], results["predict"])
                 if r["p50_ms"] is not None and p["p50_ms"] is not None]

@@ -25,7 +25,8 @@ import numpy as np
 
 from model.data import USER_COUNT_SCALE
 from model.sequence import recall_order_weight
-from model.signature import (NEXT_MOVIES_SIGNATURE, RANK_IDS_INPUTS, RANK_IDS_SIGNATURE, SERVING_INPUTS,
+from model.signature import (NEXT_MOVIES_SIGNATURE, RANK_IDS_INPUTS, RANK_IDS_SIGNATURE, RECOMMEND_SIGNATURE,
+                             SERVING_INPUTS,
                              SIGNATURE_NAME, MovieInputs, UserInput, build_request)
 from pipeline.home import Home, model_versions
 
@@ -158,9 +159,19 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
             z = (body - mean) / (tf.sqrt(var) + 1e-6)
             return tf.concat([z, tf.zeros_like(z[:, :1])], axis=1)
 
-        def _prior_of(self, hist_idx: Any, cand: Any) -> Any:
-            """[B, N] the prior of each candidate (vocabulary indices; 0 outside the prior)."""
-            return tf.gather(self._prior_slots(hist_idx), tf.gather(self.prior_slot_of, cand), batch_dims=1)
+        def _prior_of(self, slots: Any, cand: Any) -> Any:
+            """[B, N] the prior of each candidate (vocabulary indices; 0 outside the prior) from ``_prior_slots``."""
+            return tf.gather(slots, tf.gather(self.prior_slot_of, cand), batch_dims=1)
+
+        def _top_next(self, hist_idx: Any, logp: Any, slots: Any) -> Any:
+            """The ``top_k`` next movies (vocabulary indices) over the catalogue, history excluded: by the sequence
+            model's log-probability, plus the neighbour prior with the score's relative weight when there is one."""
+            key = logp
+            if self.prior_weight > 0:
+                ratio = recall_order_weight(self.mix, self.prior_weight)
+                key = logp + ratio * tf.gather(slots, self.prior_slot_of, axis=1)
+            seen = tf.reduce_min(tf.one_hot(hist_idx, tf.shape(logp)[1], on_value=-1e9, off_value=0.0), axis=1)
+            return tf.math.top_k(key + seen, k=top_k)
 
         def _idx(self, name: str, values: Any) -> Any:
             return tf.cast(self.tables[name].lookup(values) + 1, tf.int32)
@@ -188,20 +199,25 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
                 "interest_genres": tf.where(has_history, from_history, interest_genres),
             }
 
-        def _outputs(self, out: dict[str, Any], cand: Any, hist_idx: Any) -> dict[str, Any]:
-            """score / rating / attention as float32, the sequence model mixed into the score."""
+        def _outputs(self, out: dict[str, Any], cand: Any, hist_idx: Any, logp: Any = None,
+                     slots: Any = None) -> dict[str, Any]:
+            """score / rating / attention as float32, the sequence model mixed into the score.
+
+            ``logp`` (``_next_logp``) and ``slots`` (``_prior_slots``) of this history when the caller has them
+            already (``recommend`` computes them once for its next movies and their scores)."""
             result = {k: tf.cast(out[k], tf.float32) for k in ("score", "rating", "attention")}
             with_sequence = self.sequence is not None and self.mix > 0
             if with_sequence or self.prior_weight > 0:
                 p = tf.clip_by_value(result["score"], 1e-7, 1.0 - 1e-7)
                 z = (1.0 - (self.mix if with_sequence else 0.0)) * tf.math.log(p / (1.0 - p))
                 if with_sequence:
-                    logp = tf.gather(self._next_logp(hist_idx), cand, batch_dims=1)
+                    logp = tf.gather(self._next_logp(hist_idx) if logp is None else logp, cand, batch_dims=1)
                     n = float(vocab.movie.size)
                     centred = tf.where(cand > 0, logp + tf.math.log(n), tf.zeros_like(logp))  # new movie: ranker only
                     z += self.mix * centred
                 if self.prior_weight > 0:
-                    z += self.prior_weight * self._prior_of(hist_idx, cand)
+                    z += self.prior_weight * self._prior_of(self._prior_slots(hist_idx) if slots is None else slots,
+                                                            cand)
                 result["score"] = tf.sigmoid(z)
             return result
 
@@ -251,14 +267,41 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
                 """
                 hist_idx = self._idx("movie_id", hist_movie_ids)
                 logp = self._next_logp(hist_idx)
-                key = logp
-                if self.prior_weight > 0:
-                    ratio = recall_order_weight(self.mix, self.prior_weight)
-                    key = logp + ratio * tf.gather(self._prior_slots(hist_idx), self.prior_slot_of, axis=1)
-                seen = tf.reduce_min(tf.one_hot(hist_idx, tf.shape(logp)[1], on_value=-1e9, off_value=0.0), axis=1)
-                top = tf.math.top_k(key + seen, k=top_k)
+                top = self._top_next(hist_idx, logp, self._prior_slots(hist_idx) if self.prior_weight > 0 else None)
                 return {"movie_ids": tf.gather(self.movie_ids_by_idx, top.indices),
                         "log_prob": tf.gather(logp, top.indices, batch_dims=1)}
+
+        if sequence is not None and split is not None:
+            @tf.function(input_signature=id_specs)
+            def recommend(self, user_id, age_bucket, gender, occupation, user_n_ratings, user_mean_rating,  # noqa: ANN001
+                          hist_movie_ids, hist_ratings, interest_genres, movie_ids):  # noqa: ANN202
+                """``rank_ids`` of the recall candidates and ``next_movies`` with their ``rank_ids`` scores, in one
+                call: the sequence model, the neighbour prior and the user side of the ranker run once.
+
+                A Recommend needs both (the next movies join the recall candidates, then everything is ranked);
+                as two calls it paid the per-user work twice plus a round trip. The next movies are ranked in
+                the same batch as the candidates, so a movie in both lists is scored twice, identically.
+                """
+                user = self._user_inputs(user_id, age_bucket, gender, occupation, user_n_ratings, user_mean_rating,
+                                         hist_movie_ids, hist_ratings, interest_genres)
+                hist_idx = user["hist_movie_idx"]
+                logp = self._next_logp(hist_idx)
+                slots = self._prior_slots(hist_idx) if self.prior_weight > 0 else None
+                top = self._top_next(hist_idx, logp, slots)
+                cand = self._idx("movie_id", movie_ids)
+                n = tf.shape(cand)[1]
+                both = tf.concat([cand, tf.cast(top.indices, tf.int32)], axis=1)
+                out = self.rest({**user, "cand_movie_idx": both, "cand_vec": tf.gather(self.cand_table, both)},
+                                training=False)
+                ranked = self._outputs(out, both, hist_idx, logp, slots)
+                result = {k: v[:, :n] for k, v in ranked.items()}
+                result["known"] = cand > 0
+                result["batch_version"] = tf.fill(tf.shape(user_id), self.batch_version)
+                for k, v in ranked.items():  # static K: a batcher pads and slices only the candidates' N
+                    result[f"next_{k}"] = tf.ensure_shape(v[:, n:], [None, top_k] + v.shape[2:].as_list())
+                result["next_movie_ids"] = tf.gather(self.movie_ids_by_idx, top.indices)
+                result["next_log_prob"] = tf.gather(logp, top.indices, batch_dims=1)
+                return result
 
     return ServingModule()
 
@@ -333,8 +376,9 @@ def export(home: Home, run_dir: Path, model_name: str = MODEL_NAME) -> Path:
                               batch_version=str(summary.get("batch_version", "")),
                               neighbours=load_neighbours(run_dir))
         signatures = {SIGNATURE_NAME: module.serve, RANK_IDS_SIGNATURE: module.rank_ids}
-        if seq is not None:
+        if seq is not None:  # split is always given here, so recommend exists beside next_movies
             signatures[NEXT_MOVIES_SIGNATURE] = module.next_movies
+            signatures[RECOMMEND_SIGNATURE] = module.recommend
         tf.saved_model.save(module, str(staging), signatures=signatures)
         write_warmup(staging / "assets.extra" / "tf_serving_warmup_requests", warmup_request(vocab, table), model_name)
         (staging / "assets.extra" / "run.txt").write_text(f"{summary['run']}\n{summary['batch_version']}\n")

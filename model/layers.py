@@ -305,12 +305,16 @@ class HistoryLSTM(keras.layers.Layer):
     its per-position outputs are what target attention looks at. Padded steps are
     skipped through the mask (with left padding the state starts at the first real
     item); an all-padding history gives zeros.
+
+    Unrolled: the history length is fixed, and on a CPU the unrolled graph is the same arithmetic without a
+    while loop's per-step executor overhead (measured in the exported ranker, 460 candidates, one thread:
+    3.57 -> 3.00 CPU-ms per call, outputs identical), the largest single cost of a ranking call per user.
     """
 
     def __init__(self, units: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.units = int(units)
-        self.lstm = keras.layers.LSTM(self.units, return_sequences=True, return_state=True, name="lstm")
+        self.lstm = keras.layers.LSTM(self.units, return_sequences=True, return_state=True, unroll=True, name="lstm")
 
     def build(self, input_shape: Sequence[Sequence[int | None]]) -> None:
         self.lstm.build(tuple(input_shape[0]))

@@ -58,6 +58,14 @@ RANK_IDS_INPUTS = {name: SERVING_INPUTS[name] for name in USER_INPUT_NAMES + ("m
 # movie statistics the precomputed vectors hold; with another version's statistics serving_default is exact.
 RANK_IDS_OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     **SERVING_OUTPUTS, "known": ("bool", ("B", "N")), "batch_version": ("string", ("B",))}
+# One call per Recommend (exports with a sequence model): rank_ids' inputs, where movie_ids are the recall
+# candidates, and rank_ids' outputs for them; beside them next_movies' K movies and *their* rank_ids outputs,
+# computed in the same graph (the sequence model, the prior and the ranker's user side run once, not twice).
+RECOMMEND_SIGNATURE = "recommend"
+RECOMMEND_OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    **RANK_IDS_OUTPUTS, "next_movie_ids": ("int64", ("B", "K")), "next_log_prob": ("float32", ("B", "K")),
+    "next_score": ("float32", ("B", "K")), "next_rating": ("float32", ("B", "K")),
+    "next_attention": ("float32", ("B", "K", "H"))}
 
 
 @dataclass

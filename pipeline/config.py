@@ -216,7 +216,7 @@ class ServingConfig:
     bind: str = _f("127.0.0.1", "Address the gateway's gRPC and HTTP servers listen on; anything beyond loopback (0.0.0.0, a LAN address) also needs api_token.")
     grpc_port: int = _f(50051, "gRPC port of recsys.v1.Recommender (0 = any free port).")
     http_port: int = _f(8080, "HTTP port of the JSON API, /healthz, /metrics and the web UI (0 = any free port).")
-    model_server: str = _f("", "host:port of a TensorFlow Serving (or compatible) gRPC endpoint; empty = start the embedded model server.")
+    model_server: str = _f("", "host:port of a TensorFlow Serving (or compatible) gRPC endpoint; empty = start the embedded model server as a child process; 'in-process' = the embedded server inside the gateway's process, called without gRPC (less CPU per request; a model crash then takes the gateway down).")
     model_name: str = _f("ranker", "Model name in the model server (TF Serving's model_config name).")
     model_port: int = _f(8500, "gRPC port of the embedded model server (TF Serving's default; 0 = any free port).")
     model_poll_seconds: float = _f(2.0, "How often the embedded model server polls the model base path for new versions.")

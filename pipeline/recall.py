@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol, Sequence
 
+import numpy as np
+
 from pipeline import keys as K
 
 Scored = list[tuple[int, float]]
@@ -56,11 +58,33 @@ class RecallContext:
         return not self.history
 
 
-@dataclass
 class Candidate:
-    movie_id: int
-    score: float
-    sources: list[str]
+    """A merged candidate: its fused (reciprocal-rank) score and the channels that proposed it, in channel order.
+
+    ``sources`` is decoded on first use from a bit mask over the fused channels: a Recommend fuses ~2,000 channel
+    entries into ~460 candidates and reads the sources of the ten it answers with.
+    """
+
+    __slots__ = ("movie_id", "score", "_mask", "_names", "_sources")
+
+    def __init__(self, movie_id: int, score: float, sources: Sequence[str] | None = None, *, mask: int = 0,
+                 names: Sequence[str] = ()) -> None:
+        self.movie_id, self.score = movie_id, score
+        self._mask, self._names = mask, names
+        self._sources: list[str] | None = list(sources) if sources is not None else None
+
+    @property
+    def sources(self) -> list[str]:
+        if self._sources is None:
+            self._sources = [name for bit, name in enumerate(self._names) if self._mask >> bit & 1]
+        return self._sources
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Candidate) and (self.movie_id, self.score, self.sources) == (
+            other.movie_id, other.score, other.sources)
+
+    def __repr__(self) -> str:
+        return f"Candidate(movie_id={self.movie_id!r}, score={self.score!r}, sources={self.sources!r})"
 
 
 def _take(items: Iterable[tuple[int, float]], exclude: set[int], quota: int) -> Scored:
@@ -114,15 +138,17 @@ def als(ctx: RecallContext, store: RecallStore, quota: int, recent: int) -> Scor
     return _take(listed, ctx.exclude, quota)
 
 
-def interleave(lists: Sequence[Scored], exclude: set[int], quota: int) -> Scored:
-    """Round-robin over several lists (first of each, then second of each, ...), de-duplicated."""
-    merged = []
+def _round_robin(lists: Sequence[Scored]) -> Iterable[tuple[int, float]]:
     for rank in range(max((len(x) for x in lists), default=0)):
         for lst in lists:
             if rank < len(lst):
-                movie_id, _ = lst[rank]
-                merged.append((movie_id, 1.0 / (1 + rank)))
-    return _take(merged, exclude, quota)
+                yield lst[rank][0], 1.0 / (1 + rank)
+
+
+def interleave(lists: Sequence[Scored], exclude: set[int], quota: int) -> Scored:
+    """Round-robin over several lists (first of each, then second of each, ...), de-duplicated; lazily, so
+    three 300-long lists cut at a quota of 100 cost ~100 steps, not 900."""
+    return _take(_round_robin(lists), exclude, quota)
 
 
 def genre_popular(ctx: RecallContext, store: RecallStore, quota: int, recent: int) -> Scored:
@@ -184,6 +210,31 @@ def kept_channels(serving_cfg) -> tuple[str, ...]:  # noqa: ANN001
     return (MODEL_CHANNEL,) if serving_cfg.model_recall_kept else ()
 
 
+def _rrf(per_channel: dict[str, Scored]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(distinct movie ids, their fused scores, their channel bit masks, the entries' positions among the
+    distinct ids, each channel's ids): reciprocal-rank fusion in numpy (a Recommend fuses ~2,000 entries)."""
+    lists = [np.fromiter((m for m, _ in items), np.int64, len(items)) for items in per_channel.values()]
+    if not lists or not sum(len(x) for x in lists):
+        empty = np.zeros(0, np.int64)
+        return empty, np.zeros(0), empty, empty, lists
+    ids = np.concatenate(lists)
+    ranks = np.concatenate([np.arange(len(x)) for x in lists])
+    bits = np.repeat(np.left_shift(1, np.arange(len(lists), dtype=np.int64)), [len(x) for x in lists])
+    uniq, where = np.unique(ids, return_inverse=True)
+    # summed in entry order, as a Python loop over the channels would: equal scores stay equal floats
+    scores = np.zeros(len(uniq))
+    np.add.at(scores, where, 1.0 / (RRF_K + ranks + 1))
+    masks = np.zeros(len(uniq), np.int64)
+    np.bitwise_or.at(masks, where, bits)
+    return uniq, scores, masks, where, lists
+
+
+def fused_ids(per_channel: dict[str, Scored], size: int) -> list[int]:
+    """The ids ``fuse(per_channel, size)`` answers, in its order (without building candidates)."""
+    uniq, scores, _, _, _ = _rrf(per_channel)
+    return uniq[np.lexsort((uniq, -scores))[:size]].tolist()
+
+
 def fuse(per_channel: dict[str, Scored], size: int, kept: Sequence[str] = ()) -> list[Candidate]:
     """Reciprocal-rank fusion of channel lists into at most ``size`` candidates, plus the ``kept`` channels whole.
 
@@ -191,21 +242,23 @@ def fuse(per_channel: dict[str, Scored], size: int, kept: Sequence[str] = ()) ->
     rises), and those the cut at ``size`` would drop join after it, in that channel's order. Why: the model's
     next-movie list is ordered by the very model that ranks, so fusing it with seven heuristic lists and cutting
     keeps only its first few dozen, and the ranker never sees movies it would have put in the top 10.
+    Order: fused score descending, then movie id (a channel listing a movie twice adds to its score twice).
     """
-    scores: dict[int, float] = {}
-    sources: dict[int, list[str]] = {}
-    for name, items in per_channel.items():
-        for rank, (movie_id, _) in enumerate(items):
-            scores[movie_id] = scores.get(movie_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-            sources.setdefault(movie_id, []).append(name)
-    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:size]
-    chosen = {m for m, _ in ranked}
+    uniq, scores, masks, where, lists = _rrf(per_channel)
+    order = np.lexsort((uniq, -scores))[:size]
+    names = tuple(per_channel)
     for name in kept:
-        for movie_id, _ in per_channel.get(name, []):
-            if movie_id not in chosen:
-                chosen.add(movie_id)
-                ranked.append((movie_id, scores[movie_id]))
-    return [Candidate(movie_id=m, score=round(s, 6), sources=sources[m]) for m, s in ranked]
+        if name not in per_channel:
+            continue
+        chosen = np.zeros(len(uniq), bool)
+        chosen[order] = True
+        start = sum(len(x) for x in lists[:names.index(name)])
+        pos = where[start:start + len(per_channel[name])]
+        first = np.unique(pos, return_index=True)[1]       # a movie listed twice joins once, at its first place
+        pos = pos[np.sort(first)]
+        order = np.concatenate([order, pos[~chosen[pos]]])
+    return [Candidate(m, round(s, 6), mask=b, names=names)
+            for m, s, b in zip(uniq[order].tolist(), scores[order].tolist(), masks[order].tolist())]
 
 
 def merge(ctx: RecallContext, store: RecallStore, recall_cfg) -> list[Candidate]:  # noqa: ANN001

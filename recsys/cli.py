@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--bind", help="listen address (default serving.bind, 0.0.0.0)")
     sv.add_argument("--grpc-port", type=int, help="gRPC port (default serving.grpc_port, 50051)")
     sv.add_argument("--http-port", type=int, help="HTTP port (default serving.http_port, 8080)")
-    sv.add_argument("--model-server", help="host:port of a TensorFlow Serving instead of the embedded model server")
+    sv.add_argument("--model-server", help="host:port of a TensorFlow Serving instead of the embedded model server, or 'in-process' (the embedded one inside the gateway, no gRPC hop)")
     sv.set_defaults(func=serve_cmd.cmd_serve)
 
     red = sub.add("redis", help="the home's embedded redis-server")

@@ -29,7 +29,7 @@ from pipeline.store import RedisStore
 from serving.gateway import Gateway
 from serving.grpc_api import start_grpc
 from serving.metrics import GatewayMetrics
-from serving.ranking_client import Breaker, RankingClient
+from serving.ranking_client import IN_PROCESS, Breaker, RankingClient
 from serving.web.app import build_app
 from serving.web.server import start_http
 
@@ -89,7 +89,8 @@ def start_gateway(cfg: Config, redis_url: str, model_target: str, with_events: b
     s = cfg.serving
     client = gateway_redis(redis_url, s.redis_timeout_ms)
     ranking = RankingClient(model_target, s.model_name, s.model_timeout_ms / 1000.0,
-                            Breaker(s.model_breaker_failures, s.model_breaker_seconds))
+                            Breaker(s.model_breaker_failures, s.model_breaker_seconds),
+                            local=local_model_server(cfg) if model_target == IN_PROCESS else None)
     events = open_event_log(cfg) if with_events else None
     store = RedisStore(client, cfg.redis.key_prefix)
     gateway = Gateway(cfg, store, ranking, events, GatewayMetrics())
@@ -112,6 +113,25 @@ def start_gateway(cfg: Config, redis_url: str, model_target: str, with_events: b
     running = RunningGateway(gateway, grpc_port, http_port, grpc_server, http_server, events, model_target, store=store)
     running.extras["accounts"] = app.accounts
     return running
+
+
+def local_model_server(cfg: Config) -> Any:
+    """The model server in this process (``serving.model_server = "in-process"``): the embedded server's
+    polling, warm-up and batching, called without gRPC (``serving.ranking_client.LocalStub``)."""
+    from serving.model_server import ModelServer
+    from serving.model_server.main import set_tf_threads
+
+    s = cfg.serving
+    try:
+        set_tf_threads(s.model_intra_op_threads, s.model_inter_op_threads)
+    except RuntimeError as exc:  # TensorFlow already ran something in this process: its pools stay
+        log.warning("in-process model server: TensorFlow threads not set (%s)", exc)
+    base = model_base_path(cfg)
+    base.mkdir(parents=True, exist_ok=True)
+    server = ModelServer(base, s.model_name, poll_seconds=s.model_poll_seconds, max_batch=s.max_batch,
+                         batch_timeout_ms=s.batch_timeout_ms)
+    server.start_local()
+    return server
 
 
 @contextmanager
@@ -152,7 +172,7 @@ def serving_stack(cfg: Config) -> Iterator[RunningGateway]:
         url = stack.enter_context(redis_for_home(cfg))
         target = s.model_server
         model = None
-        if not target:
+        if not target:  # (IN_PROCESS: start_gateway loads the model in this process)
             base = model_base_path(cfg)
             base.mkdir(parents=True, exist_ok=True)
             model = spawn_model_server(base, s.model_name, port=s.model_port, poll_seconds=s.model_poll_seconds,

@@ -230,37 +230,130 @@ class Gateway:
             t = time.perf_counter()
             if not exclude_seen:
                 ctx.exclude = set()
-            candidates = self.candidates(view, ctx, wanted, deadline)
+            per_channel = self._channels(view, ctx, wanted)
             stages["recall"] = time.perf_counter() - t
             _check_deadline(deadline, "recall")
         except StoreUnavailable:
             return self._popular_answer(view, k, wanted, exclude=ctx.exclude if ctx else set())
+        t = time.perf_counter()
+        candidates, ranking, degraded = self._model_recall_and_rank(view, ctx, self._user_input(user_id, ctx, feats),
+                                                                    per_channel, wanted, deadline)
+        stages["rank"] = time.perf_counter() - t
         self.metrics.candidates.observe(len(candidates))
-        answer = self._rank_and_blend(view, user_id, ctx, feats, candidates, k, explain, deadline, stages)
+        answer = self._blend(view, ctx, feats, candidates, ranking, degraded, k, explain, stages)
         answer.cold_start = ctx.is_cold
         self._observe(answer)
         return answer
 
-    def candidates(self, view: BatchView, ctx: R.RecallContext, wanted: Sequence[str] = (),
-                   deadline: float | None = None) -> list[R.Candidate]:
-        """What Recommend ranks for ``ctx``: every recall channel (the sequence model's included), filtered to
-        recommendable movies (and to ``wanted`` genres), fused. Also what the serving bench builds its ranking
-        requests from, so that "Predict alone" ranks the very candidates Recommend does."""
+    def _channels(self, view: BatchView, ctx: R.RecallContext, wanted: Sequence[str] = ()) -> dict[str, R.Scored]:
+        """Every configured recall channel's movies for ``ctx`` (the model's own channel aside), each filtered to
+        recommendable movies (and to ``wanted`` genres, whose popular lists then join)."""
         per_channel = R.run_channels(ctx, view.store, self.recall_cfg)
         if wanted:
             # the requested genres' popular lists join, and every channel keeps only those genres
             per_channel["genre_popular"] = R.interleave(
                 [view.store.global_list(K.list_popular(g)) for g in wanted], ctx.exclude, self.recall_cfg.merged_size)
-        if self.cfg.serving.model_recall > 0 and ctx.history:
-            per_channel[R.MODEL_CHANNEL] = self._model_recall(ctx, deadline)
+        return {name: self._recommendable(view, items, wanted) for name, items in per_channel.items()}
+
+    @staticmethod
+    def _recommendable(view: BatchView, items: R.Scored, wanted: Sequence[str]) -> R.Scored:
         catalog, ok, asked = view.catalog, view.catalog.recommendable_ids, set(wanted)
-        per_channel = {name: [(m, sc) for m, sc in items if m in ok and
-                              (not asked or not asked.isdisjoint(catalog.genres(m)))]
-                       for name, items in per_channel.items()}
+        if not asked:
+            return [(m, sc) for m, sc in items if m in ok]
+        return [(m, sc) for m, sc in items if m in ok and not asked.isdisjoint(catalog.genres(m))]
+
+    def _model_channel(self, view: BatchView, ctx: R.RecallContext, listed: R.Scored,
+                       wanted: Sequence[str]) -> R.Scored:
+        """The model's next movies as a channel: unseen ones first-come, cut at ``serving.model_recall``,
+        recommendable ones (and of ``wanted`` genres) only."""
+        unseen = [(m, s) for m, s in listed if m not in ctx.exclude][: self.cfg.serving.model_recall]
+        return self._recommendable(view, unseen, wanted)
+
+    def _fuse(self, per_channel: dict[str, R.Scored]) -> list[R.Candidate]:
         return R.fuse(per_channel, self.recall_cfg.merged_size, R.kept_channels(self.cfg.serving))
 
+    def _with_model_channel(self, ctx: R.RecallContext) -> bool:
+        return self.cfg.serving.model_recall > 0 and bool(ctx.history)
+
+    def candidates(self, view: BatchView, ctx: R.RecallContext, wanted: Sequence[str] = (),
+                   deadline: float | None = None) -> list[R.Candidate]:
+        """What Recommend ranks for ``ctx``: every recall channel, the sequence model's (``next_movies``)
+        included, fused. The two-call path's recall (``_model_recall_and_rank``); the one-call path reaches the
+        same list."""
+        per_channel = self._channels(view, ctx, wanted)
+        if self._with_model_channel(ctx):
+            per_channel[R.MODEL_CHANNEL] = self._model_channel(view, ctx, self._model_recall(ctx, deadline), wanted)
+        return self._fuse(per_channel)
+
+    def sent_in_one_call(self, per_channel: dict[str, R.Scored]) -> list[int]:
+        """The candidate ids the one-call path sends with ``recommend``: the channels without the model's,
+        fused and cut at ``merged_size`` (``_rank_in_one_call`` says why that is enough). Also what the serving
+        bench's "Predict alone" requests carry."""
+        return R.fused_ids(per_channel, self.recall_cfg.merged_size)
+
+    def _model_recall_and_rank(self, view: BatchView, ctx: R.RecallContext, user: UserInput,
+                               per_channel: dict[str, R.Scored], wanted: Sequence[str],
+                               deadline: float | None) -> tuple[list[R.Candidate], Ranking | None, bool]:
+        """(candidates, their ranking, degraded): the model's next movies join the recall channels, then every
+        candidate is ranked; in one model call where the export and the served version allow it
+        (``_rank_in_one_call``), else two (``next_movies``, then ``rank_ids`` or ``serving_default``)."""
+        if self._with_model_channel(ctx) and self.cfg.serving.precomputed_candidates:
+            try:
+                done = self._rank_in_one_call(view, ctx, user, per_channel, wanted, deadline)
+            except ModelUnavailable:
+                self.metrics.degraded.labels("recommend", "model").inc()
+                return self._fuse(per_channel), None, True
+            if done is not None:
+                return done[0], done[1], False
+        if self._with_model_channel(ctx):
+            per_channel[R.MODEL_CHANNEL] = self._model_channel(view, ctx, self._model_recall(ctx, deadline), wanted)
+        candidates = self._fuse(per_channel)
+        if not candidates:
+            return candidates, None, False
+        try:
+            return candidates, self._rank(user, [c.movie_id for c in candidates], view, deadline), False
+        except ModelUnavailable:
+            self.metrics.degraded.labels("recommend", "model").inc()
+            return candidates, None, True
+
+    def _rank_in_one_call(self, view: BatchView, ctx: R.RecallContext, user: UserInput,
+                          per_channel: dict[str, R.Scored], wanted: Sequence[str],
+                          deadline: float | None) -> tuple[list[R.Candidate], Ranking] | None:
+        """The model channel and ranking from one ``recommend`` call; None when the export cannot (no such
+        signature, or its candidate table is of another batch version): then two calls answer.
+
+        Sent: the other channels fused alone and cut at ``merged_size`` (``sent_in_one_call``). The call ranks
+        those and the model's own next movies. That is every movie the full fusion can keep: the model channel
+        only adds to a movie's fused score, so a movie outside the cut and outside the model's list still has
+        ``merged_size`` movies above it once the model channel joins, and the full fusion keeps its top
+        ``merged_size`` plus the model's list. So the candidates, their recall scores and sources are those
+        of the two-call path, and each candidate's row is taken from whichever list ranked it.
+        """
+        remaining = None if deadline is None else deadline - time.monotonic() - 0.005
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("the deadline passed before ranking")
+        sent = self.sent_in_one_call(per_channel)
+        got = self.ranking.recommend(
+            build_user_request(user, self.history_len), np.asarray([sent], np.int64),
+            K.batch_version_of(view.store.version),
+            lambda: build_request(user, view.catalog.movie_inputs(sent), self.history_len, self.title_len),
+            timeout_s=remaining)
+        if got is None:
+            return None
+        self.metrics.set_model_version(got.ranking.model_version)
+        per_channel[R.MODEL_CHANNEL] = self._model_channel(view, ctx, got.next_movies, wanted)
+        candidates = self._fuse(per_channel)
+        row = {m: len(sent) + j for j, (m, _) in enumerate(got.next_movies)}
+        row.update((m, i) for i, m in enumerate(sent))
+        rows = np.fromiter((row[c.movie_id] for c in candidates), np.int64, len(candidates))
+        a, b = got.ranking, got.next_ranking
+        return candidates, Ranking(score=np.concatenate([a.score, b.score])[rows],
+                                   rating=np.concatenate([a.rating, b.rating])[rows],
+                                   attention=np.concatenate([a.attention, b.attention])[rows],
+                                   model_version=a.model_version)
+
     def _model_recall(self, ctx: R.RecallContext, deadline: float | None) -> R.Scored:
-        """The sequence model's next movies for this history (``next_movies``), unseen ones first-come.
+        """The sequence model's next movies for this history (``next_movies``), as the model returns them.
 
         It reads the live history (batch + stream), so a rating made a second ago already moves this channel.
         A model server that cannot answer leaves the channel empty: the other channels still recall, and
@@ -270,27 +363,15 @@ class Gateway:
         if remaining is not None and remaining <= 0:
             return []
         try:
-            got = self.ranking.next_movies([m for m, _, _ in ctx.history], self.history_len, timeout_s=remaining)
+            return self.ranking.next_movies([m for m, _, _ in ctx.history], self.history_len, timeout_s=remaining)
         except ModelUnavailable:
             return []
-        return [(m, s) for m, s in got if m not in ctx.exclude][: self.cfg.serving.model_recall]
 
-    def _rank_and_blend(self, view: BatchView, user_id: int, ctx: R.RecallContext, feats: dict[str, Any],
-                        candidates: list[R.Candidate], k: int, explain: bool, deadline: float | None,
-                        stages: dict[str, float]) -> Answer:
+    def _blend(self, view: BatchView, ctx: R.RecallContext, feats: dict[str, Any], candidates: list[R.Candidate],
+               ranking: Ranking | None, degraded: bool, k: int, explain: bool, stages: dict[str, float]) -> Answer:
         catalog = view.catalog
         ids = [c.movie_id for c in candidates]
-        ranking: Ranking | None = None
-        degraded = False
         history_sent = [m for m, _, _ in ctx.history][-self.history_len:]
-        if ids:
-            t = time.perf_counter()
-            try:
-                ranking = self._rank(self._user_input(user_id, ctx, feats), ids, view, deadline)
-            except ModelUnavailable:
-                degraded = True
-                self.metrics.degraded.labels("recommend", "model").inc()
-            stages["rank"] = time.perf_counter() - t
         t = time.perf_counter()
         use_model = ranking is not None and (not ctx.is_cold or self.cfg.serving.rank_cold_start)
         order = blend([c.score for c in candidates], ranking.score if use_model and ranking else None,
@@ -299,7 +380,7 @@ class Gateway:
         watched: dict[int, int | None] = {}
         if explain and ranking is not None and history_sent:
             watched = {ids[i]: m for i, m in distinctive_history(ranking.attention, picked, history_sent).items()}
-        reasons = reasons_for([ids[i] for i in picked], {c.movie_id: c.sources for c in candidates}, catalog.genres,
+        reasons = reasons_for([ids[i] for i in picked], {ids[i]: candidates[i].sources for i in picked}, catalog.genres,
                               catalog.title, watched, ctx.top_genres, feats.get("age_bucket"), feats.get("gender")) \
             if explain else {}
         items = [catalog_item(catalog, ids[i],

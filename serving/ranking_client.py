@@ -24,7 +24,7 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 
-from model.signature import NEXT_MOVIES_SIGNATURE, RANK_IDS_SIGNATURE, SIGNATURE_NAME
+from model.signature import NEXT_MOVIES_SIGNATURE, RANK_IDS_SIGNATURE, RECOMMEND_SIGNATURE, SIGNATURE_NAME
 from model.vocab import left_pad
 
 
@@ -38,6 +38,15 @@ class Ranking:
     rating: np.ndarray     # [N]
     attention: np.ndarray  # [N, H]
     model_version: str
+
+
+@dataclass
+class Recommended:
+    """One ``recommend`` answer: the model's next movies with their ranking, and the ranking of the ids sent."""
+
+    next_movies: list[tuple[int, float]]  # (movie id, log-probability), best first, as ``next_movies``
+    next_ranking: Ranking                 # aligned with next_movies
+    ranking: Ranking                      # aligned with the movie ids sent
 
 
 # Reconnect quickly after the model server comes back (defaults back off up to 120 s).
@@ -113,16 +122,73 @@ class Breaker:
                 self._open_until, self._trial = self.clock() + self.open_seconds, False
 
 
+# ``serving.model_server`` value for the model server in the gateway's own process (see LocalStub).
+IN_PROCESS = "in-process"
+
+
+class LocalRpcError(grpc.RpcError):
+    """A model server in this process refused a call: the status a gRPC client would have seen."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+class LocalStub:
+    """``Predict`` and ``GetModelStatus`` answered by a ``ModelServer`` in this process (``serving.model_server =
+    "in-process"``): the same requests, answers, status codes and request batching as over gRPC, without the
+    transport, its threads and a second process's copy of every tensor.
+
+    Why: on two cores a Recommend's model call through gRPC cost the model server ~3 CPU-ms beyond the model
+    itself (README, "Serving"). The deadline is the batcher's: a request whose deadline has passed when its
+    batch runs is not computed; one already computing finishes (gRPC would stop waiting for it instead).
+    """
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    def _call(self, fn: Callable[..., Any], request: Any, **kwargs: Any) -> Any:
+        from serving.model_server.signature import ServingError
+
+        try:
+            return fn(request, **kwargs)
+        except ServingError as exc:
+            raise LocalRpcError(exc.code, exc.message) from None
+
+    def Predict(self, request: Any, timeout: float | None = None) -> Any:  # noqa: N802 - the stub's name
+        return self._call(self.server.predict, request,
+                          deadline=None if timeout is None else time.monotonic() + timeout)
+
+    def GetModelStatus(self, request: Any, timeout: float | None = None) -> Any:  # noqa: N802
+        return self._call(self.server.model_status, request)
+
+
 class RankingClient:
-    def __init__(self, target: str, model_name: str, timeout_s: float, breaker: Breaker | None = None) -> None:
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
+    """``local``: a ``ModelServer`` of this process to call through ``LocalStub`` instead of a channel to ``target``."""
+
+    def __init__(self, target: str, model_name: str, timeout_s: float, breaker: Breaker | None = None,
+                 local: Any = None) -> None:
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self.target, self.model_name, self.timeout_s = target, model_name, timeout_s
         self.breaker = breaker or Breaker(0, 0.0)
+        self.local = local
         self._ids_off_until = float("-inf")            # rank_ids missing from the export: skip it until then
         self._ids_batch: tuple[str, float] | None = None  # (batch version rank_ids last reported, when)
-        self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self._one_call_off_until = float("-inf")      # recommend missing from the export: skip it until then
+        if local is not None:
+            self.channel = None
+            self.stub = self.status_stub = LocalStub(local)
+        else:
+            self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+            self.status_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
     def _predict(self, req: Any, timeout_s: float | None) -> Any:
         """One Predict through the breaker; ``grpc.RpcError`` passes through (each caller maps it).
@@ -198,6 +264,52 @@ class RankingClient:
             return self.rank(full(), left())
         return ranking
 
+    def recommend(self, user: dict[str, np.ndarray], movie_ids: np.ndarray, batch_version: str,
+                  full: Callable[[], dict[str, np.ndarray]], timeout_s: float | None = None) -> Recommended | None:
+        """The model's next movies and the ranking of both them and ``movie_ids``, in one ``recommend`` call.
+
+        None when the two-call path must answer (``next_movies``, then ``rank_ids`` on the merged list): the
+        export has no ``recommend`` (no sequence model, or older), or its precomputed candidate table holds
+        another batch version's statistics than ``batch_version``; both are trusted for ``RANK_IDS_RECHECK_S``
+        like ``rank_ids``' own. A sent movie the table does not know is re-scored with the rest of ``movie_ids``
+        through ``serving_default`` (``full``), exactly as ``rank_ids`` does; the next movies are vocabulary
+        movies, which the table always holds.
+        """
+        start = time.monotonic()
+        learnt = self._ids_batch
+        if start < self._one_call_off_until or start < self._ids_off_until or (
+                learnt is not None and learnt[0] != batch_version and start - learnt[1] < RANK_IDS_RECHECK_S):
+            return None
+        try:
+            resp = self._predict(self._request(RECOMMEND_SIGNATURE, {**user, "movie_ids": movie_ids}), timeout_s)
+        except grpc.RpcError as exc:
+            if _is_missing_signature(exc):
+                self._one_call_off_until = time.monotonic() + RANK_IDS_RECHECK_S
+                return None
+            raise self._unavailable(exc) from None
+        n = movie_ids.shape[1]
+        ranking, out = self._ranking(resp, n)
+        try:
+            first = np.asarray(out["batch_version"]).reshape(-1)[0]
+            served_batch = first.decode() if isinstance(first, bytes) else str(first)
+            known = np.asarray(out["known"])[0][:n]
+            ids, logp = out["next_movie_ids"][0], out["next_log_prob"][0]
+            next_ranking = Ranking(score=out["next_score"][0], rating=out["next_rating"][0],
+                                   attention=out["next_attention"][0], model_version=ranking.model_version)
+        except (KeyError, IndexError) as exc:
+            raise ModelUnavailable(f"model server {self.target} answered outside recommend: {exc!r}") from None
+        if not len(ids) == len(logp) == len(next_ranking.score) == len(next_ranking.rating):
+            raise ModelUnavailable(f"model server {self.target} answered {len(ids)} next movies with "
+                                   f"{len(next_ranking.score)} scores")
+        self._ids_batch = (served_batch, time.monotonic())
+        if served_batch != batch_version:
+            return None
+        if not bool(np.all(known)):
+            left = None if timeout_s is None else max(0.001, timeout_s - (time.monotonic() - start))
+            ranking = self.rank(full(), left)
+        return Recommended(next_movies=[(int(m), float(p)) for m, p in zip(ids.tolist(), logp.tolist())],
+                           next_ranking=next_ranking, ranking=ranking)
+
     def _unavailable(self, exc: grpc.RpcError) -> ModelUnavailable:
         return ModelUnavailable(f"model server {self.target}: {exc.code().name}: {exc.details()}")
 
@@ -251,12 +363,11 @@ class RankingClient:
 
     def model_status(self, timeout_s: float | None = None) -> str | None:
         """The newest AVAILABLE version (ModelService.GetModelStatus), None when none is."""
-        from tensorflow_serving.apis import get_model_status_pb2, model_pb2, model_service_pb2_grpc
+        from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 
-        stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
         req = get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=self.model_name))
         try:
-            resp = stub.GetModelStatus(req, timeout=timeout_s or self.timeout_s)
+            resp = self.status_stub.GetModelStatus(req, timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as exc:
             raise self._unavailable(exc) from None
         available = [s.version for s in resp.model_version_status
@@ -264,7 +375,10 @@ class RankingClient:
         return str(max(available)) if available else None
 
     def close(self) -> None:
-        self.channel.close()
+        if self.local is not None:
+            self.local.stop()
+        else:
+            self.channel.close()
 
 
 def _is_missing_signature(exc: grpc.RpcError) -> bool:

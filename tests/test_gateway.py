@@ -113,6 +113,43 @@ def test_recommend_ranks_unseen_movies_with_reasons(stub: Any, p1_batch: dict, r
         assert any(i.reason.startswith("because you watched") for i in resp.items)
 
 
+def test_in_process_model_server_answers_as_the_child_does(stub: Any, p1_batch: dict, redis_client: redis.Redis,
+                                                          exported_model: Path, tmp_path: Path) -> None:
+    """``serving.model_server = "in-process"``: the embedded server inside the gateway, called without gRPC
+    (``LocalStub``), answers what the child process answers (same export, same candidates, same scores), and a
+    call the model server refuses comes back as the status a gRPC client sees."""
+    import dataclasses
+
+    import numpy as np
+
+    from serving.ranking_client import IN_PROCESS, ModelUnavailable
+
+    home = tmp_path / "home"
+    copy_version(exported_model / "1", home / "models" / "ranker", 1)
+    cfg = dataclasses.replace(gateway_config(p1_batch, tmp_path), home=home).replace("serving", model_server=IN_PROCESS)
+    running = start_gateway(cfg, cfg.redis.url, IN_PROCESS)
+    channel = grpc.insecure_channel(running.grpc_target)
+    try:
+        assert running.gateway.ranking.model_status() == "1" and running.gateway.ranking.channel is None
+        local = pb_grpc.RecommenderStub(channel)
+        for user_id in _users(p1_batch, redis_client, 3):
+            child, inside = (s.Recommend(pb.RecommendRequest(user_id=user_id, k=10), timeout=10) for s in (stub, local))
+            assert [i.movie_id for i in inside.items] == [i.movie_id for i in child.items]
+            np.testing.assert_allclose([i.score for i in inside.items], [i.score for i in child.items], rtol=1e-4)
+            assert [i.reason for i in inside.items] == [i.reason for i in child.items]
+            assert not inside.degraded and inside.model_version == "1"
+        bad = {"hist_movie_ids": np.zeros((1, 3), np.int64)}  # the signature wants H columns
+        req = running.gateway.ranking._request("next_movies", bad)
+        with pytest.raises(grpc.RpcError) as refused:
+            running.gateway.ranking.stub.Predict(req, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "hist_movie_ids" in refused.value.details()
+        with pytest.raises(ModelUnavailable, match="INVALID_ARGUMENT"):
+            running.gateway.ranking.rank({"user_id": np.ones((1,), np.int64)}, timeout_s=5)
+    finally:
+        channel.close()
+        running.stop()
+
+
 def test_rank_scores_match_recommend_and_keep_the_order(stub: Any, p1_batch: dict, redis_client: redis.Redis) -> None:
     user_id = _users(p1_batch, redis_client)[0]
     rec = stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5), timeout=10)

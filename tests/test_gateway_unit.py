@@ -26,7 +26,7 @@ from pipeline.config import Config, load_config
 from pipeline.events import RatingEvent
 from pipeline.store import InMemoryStore, PublishedVersion
 from serving.gateway import Gateway, InvalidArgument, NotFound, Unavailable
-from serving.ranking_client import ModelUnavailable, Ranking
+from serving.ranking_client import ModelUnavailable, Ranking, Recommended
 
 GENRE_OF = {m: ("Action" if m <= 4 else "Comedy" if m <= 8 else "Drama") for m in range(1, 13)}
 USER = 7
@@ -42,6 +42,8 @@ class ScriptedRanking:
         self.next: list[tuple[int, float]] = []          # what next_movies answers
         self.histories: list[list[int]] = []
         self.by_ids: list[list[int]] = []                # candidate ids sent through rank_ids
+        self.one_call = False                            # does the export have ``recommend``
+        self.sent_one_call: list[list[int]] = []         # candidate ids sent through recommend
 
     def rank(self, request: dict[str, np.ndarray], timeout_s: float | None = None) -> Ranking:
         if self.down:
@@ -58,6 +60,20 @@ class ScriptedRanking:
         """``rank_ids`` answers like ``rank`` (the real client's equality is tests/test_model_export.py's)."""
         self.by_ids.append([int(m) for m in movie_ids[0]])
         return self.rank(full(), timeout_s)
+
+    def recommend(self, user: dict[str, np.ndarray], movie_ids: np.ndarray, batch_version: str, full: Any,
+                  timeout_s: float | None = None) -> Recommended | None:
+        """``recommend``: ``next_movies`` and ``rank`` of both lists in one call; None (two calls) unless
+        ``one_call`` (the real signature's equality with the two is tests/test_model_export.py's)."""
+        if not self.one_call:
+            return None
+        if self.down:
+            raise ModelUnavailable("scripted: model server down")
+        self.sent_one_call.append([int(m) for m in movie_ids[0]])
+        self.histories.append([int(m) for m in user["hist_movie_ids"][0] if m > 0])
+        nxt = list(self.next)
+        on_next = {**user, "movie_ids": np.asarray([[m for m, _ in nxt]], np.int64)}
+        return Recommended(next_movies=nxt, next_ranking=self.rank(on_next), ranking=self.rank(full()))
 
     def next_movies(self, history: list[int], history_len: int, timeout_s: float | None = None) -> list[tuple[int, float]]:
         """The ``next_movies`` signature: a scripted list, whatever the history."""
@@ -326,6 +342,30 @@ def test_the_model_channel_joins_recall_without_seen_or_unlisted_movies(tmp_path
     assert gw.recommend(USER, k=3).degraded                       # channel empty, ranking reports the outage
     with pytest.raises(InvalidArgument, match=r"unknown movie id\(s\): 99, 98$"):
         gw.rank(USER, [99, 11, 98, 99])
+
+
+def test_one_model_call_answers_what_two_calls_answer(tmp_path: Path, model: ScriptedRanking) -> None:
+    """With ``recommend`` in the export a Recommend makes one model call: the other channels' fused candidates
+    go with it, and the answer (items, scores, sources, reasons) is the two-call path's. With a merged size
+    that cuts, a movie only the model proposes still ranks (its row comes from the model's own list)."""
+    data = published()
+    store = InMemoryStore({"v1": data}, current="v1")
+    model.next = [(12, -0.1), (1, -0.2), (11, -0.3), (3, -0.4)]   # 1 is seen
+    answers = {}
+    for one_call in (False, True):
+        model.one_call = one_call
+        for size in (400, 3):
+            gw = make_gateway(config(tmp_path, model_recall=3, candidates=size), store, model)
+            answers[(one_call, size)] = gw.recommend(USER, k=6)
+    for size in (400, 3):
+        two, one = answers[(False, size)], answers[(True, size)]
+        assert [(i.movie_id, i.score, i.predicted_rating, i.sources, i.reason) for i in one.items] == \
+               [(i.movie_id, i.score, i.predicted_rating, i.sources, i.reason) for i in two.items]
+        assert not one.degraded and one.model_version == "3"
+    assert len(model.sent_one_call) == 2 and len(model.sent_one_call[-1]) == 3  # cut at the merged size
+    assert 12 not in model.sent_one_call[-1] and 12 in ids(answers[(True, 3)])  # the model's own movie ranks
+    model.down = True
+    assert make_gateway(config(tmp_path, model_recall=3), store, model).recommend(USER, k=3).degraded
 
 
 def test_a_new_version_loads_off_the_request_path(tmp_path: Path, store: InMemoryStore,

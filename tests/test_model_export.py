@@ -151,3 +151,44 @@ def test_rank_ids_equals_serving_default_on_the_runs_batch_version(trained: dict
     unknown = fn(**{**{k: v for k, v in as_tensors(scorer.request(users[:1])).items() if k in RANK_IDS_INPUTS},
                     "movie_ids": tf.constant([[10**9]], tf.int64)})
     assert not unknown["known"].numpy().any()
+
+
+def test_recommend_is_next_movies_and_rank_ids_in_one_call(trained: dict, tmp_path: Path) -> None:
+    """One Recommend's model call: next_movies' list, rank_ids' outputs for the sent candidates, and rank_ids'
+    outputs for the next movies, each equal to the separate signature's (and the README documents it)."""
+    import tensorflow as tf
+
+    from model.baselines import _rows_of
+    from model.evaluate import SignatureScorer, load_p1
+    from model.export import export
+    from model.signature import (RANK_IDS_INPUTS, RANK_IDS_SIGNATURE, RECOMMEND_OUTPUTS, RECOMMEND_SIGNATURE,
+                                 as_tensors)
+    from pipeline.home import Home
+
+    cfg = trained["cfg"]
+    loaded = tf.saved_model.load(str(export(Home(tmp_path), trained["run"])))
+    one = loaded.signatures[RECOMMEND_SIGNATURE]
+    assert set(one.structured_input_signature[1]) == set(RANK_IDS_INPUTS)
+    assert set(one.structured_outputs) == set(RECOMMEND_OUTPUTS)
+    section = (ROOT / "model" / "README.md").read_text(encoding="utf-8").split("| recommend output |", 1)[1]
+    section = section.split("\n\n", 1)[0]
+    assert all(f"`{name}`" in section for name in RECOMMEND_OUTPUTS), "model/README.md documents every output"
+    data = load_p1(cfg)
+    scorer = SignatureScorer("export", loaded.signatures["serving_default"], data, cfg.samples.history_len,
+                             cfg.features.title_max_tokens)
+    request = {k: v for k, v in as_tensors(scorer.request(_rows_of(data.visible)[:2])).items()
+               if k in RANK_IDS_INPUTS}
+    request["movie_ids"] = request["movie_ids"][:, :37]  # any candidate count
+    got = one(**request)
+    nxt = loaded.signatures["next_movies"](hist_movie_ids=request["hist_movie_ids"])
+    np.testing.assert_array_equal(got["next_movie_ids"].numpy(), nxt["movie_ids"].numpy())
+    np.testing.assert_allclose(got["next_log_prob"].numpy(), nxt["log_prob"].numpy(), rtol=1e-5, atol=1e-5)
+    by_ids = loaded.signatures[RANK_IDS_SIGNATURE]
+    sent = by_ids(**request)
+    on_next = by_ids(**{**request, "movie_ids": nxt["movie_ids"]})
+    for name in ("score", "rating", "attention"):
+        np.testing.assert_allclose(got[name].numpy(), sent[name].numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[f"next_{name}"].numpy(), on_next[name].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got["known"].numpy(), sent["known"].numpy())
+    assert got["next_score"].shape == nxt["movie_ids"].shape  # static K: a batcher never mistakes it for N
+    assert one.structured_outputs["next_score"].shape.as_list() == [None, nxt["movie_ids"].shape[1]]

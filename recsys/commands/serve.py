@@ -21,10 +21,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.home import Home
     from pipeline.redis_server import display_url
     from serving.app import check_exposure, serving_stack
+    from serving.ranking_client import IN_PROCESS
 
     cfg = config_from(args, serve_overrides(args))
     check_exposure(cfg)  # before anything starts: beyond loopback needs serving.api_token
-    if not cfg.serving.model_server and not exported_versions(Home(cfg.home), cfg.serving.model_name):
+    if cfg.serving.model_server in ("", IN_PROCESS) and not exported_versions(Home(cfg.home), cfg.serving.model_name):
         console.print(f"[yellow]no exported model under {Home(cfg.home).models / cfg.serving.model_name}: answers are "
                       "degraded (recall order) until `recsys export` writes one; the model server picks it up by itself")
     stop = threading.Event()

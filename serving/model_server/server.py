@@ -284,6 +284,19 @@ class ModelServer:
                  self.batcher.max_batch, self.batcher.timeout_s * 1000)
         return bound
 
+    def start_local(self) -> None:
+        """Load what the base path holds and start polling, without listening: for callers in this process
+        (``serving.ranking_client.LocalStub``, ``serving.model_server = "in-process"``)."""
+        if self._poller is not None:
+            raise RuntimeError("model server already started")
+        self._stop.clear()
+        self.poll_once()
+        self._poller = threading.Thread(target=self._poll_loop, name="model-poller", daemon=True)
+        self._poller.start()
+        log.info("%s in this process serving %s versions %s from %s (poll %.1fs, max_batch %d, batch_timeout %.1fms)",
+                 type(self).__name__, self.name, self.versions(), self.base, self.poll_seconds,
+                 self.batcher.max_batch, self.batcher.timeout_s * 1000)
+
     def stop(self, grace: float = 5.0) -> None:
         """Stop polling, refuse new calls, let in-flight calls finish for ``grace`` seconds."""
         self._stop.set()
