@@ -7,10 +7,15 @@
 Three targets, one request mix, one run:
 
 * **floor**: the exported model called in this process, sequentially, on the very
-  requests the gateway would send (no gRPC, no queue): what one ranking costs;
-* **Predict alone**: those requests through the model server's gRPC API;
-* **Recommend**: the gateway (features, recall, both model calls, blend), cycling
+  requests the gateway would send (no gRPC, no queue): what one model call costs;
+* **Predict alone**: those requests through the model server's gRPC API (one
+  ``recommend`` call per user: the recall candidates and the model's next movies ranked);
+* **Recommend**: the gateway (features, recall, the model call, blend, reasons), cycling
   through every published user (at least 6,040 distinct users: no answer is cached).
+
+``--model-server in-process`` benches the gateway with the model server inside its process
+(no Predict-alone target then: there is no model port); ``--max-in-flight``,
+``--intra-op-threads``, ``--inter-op-threads`` and ``--max-batch`` override those settings.
 
 The load comes from ``bench/loadgen.py`` in its own process (it never shares a GIL with
 the server), open loop: requests leave on a fixed schedule and latency is measured from

@@ -30,6 +30,7 @@ from serving.gateway import Gateway
 from serving.grpc_api import start_grpc
 from serving.metrics import GatewayMetrics
 from serving.ranking_client import IN_PROCESS, Breaker, RankingClient
+from serving.runtime import GcFreezer
 from serving.web.app import build_app
 from serving.web.server import start_http
 
@@ -60,6 +61,8 @@ class RunningGateway:
         return f"127.0.0.1:{self.grpc_port}"
 
     def stop(self, grace: float = 2.0) -> None:
+        if "gc" in self.extras:
+            self.extras["gc"].stop()
         self.grpc_server.stop(grace).wait()
         self.http_server.stop()
         if "accounts" in self.extras:
@@ -112,6 +115,7 @@ def start_gateway(cfg: Config, redis_url: str, model_target: str, with_events: b
         raise
     running = RunningGateway(gateway, grpc_port, http_port, grpc_server, http_server, events, model_target, store=store)
     running.extras["accounts"] = app.accounts
+    running.extras["gc"] = GcFreezer()
     return running
 
 

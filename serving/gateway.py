@@ -269,14 +269,14 @@ class Gateway:
         unseen = [(m, s) for m, s in listed if m not in ctx.exclude][: self.cfg.serving.model_recall]
         return self._recommendable(view, unseen, wanted)
 
-    def _fuse(self, per_channel: dict[str, R.Scored]) -> list[R.Candidate]:
+    def _fuse(self, per_channel: dict[str, R.Scored]) -> R.Fused:
         return R.fuse(per_channel, self.recall_cfg.merged_size, R.kept_channels(self.cfg.serving))
 
     def _with_model_channel(self, ctx: R.RecallContext) -> bool:
         return self.cfg.serving.model_recall > 0 and bool(ctx.history)
 
     def candidates(self, view: BatchView, ctx: R.RecallContext, wanted: Sequence[str] = (),
-                   deadline: float | None = None) -> list[R.Candidate]:
+                   deadline: float | None = None) -> R.Fused:
         """What Recommend ranks for ``ctx``: every recall channel, the sequence model's (``next_movies``)
         included, fused. The two-call path's recall (``_model_recall_and_rank``); the one-call path reaches the
         same list."""
@@ -293,7 +293,7 @@ class Gateway:
 
     def _model_recall_and_rank(self, view: BatchView, ctx: R.RecallContext, user: UserInput,
                                per_channel: dict[str, R.Scored], wanted: Sequence[str],
-                               deadline: float | None) -> tuple[list[R.Candidate], Ranking | None, bool]:
+                               deadline: float | None) -> tuple[R.Fused, Ranking | None, bool]:
         """(candidates, their ranking, degraded): the model's next movies join the recall channels, then every
         candidate is ranked; in one model call where the export and the served version allow it
         (``_rank_in_one_call``), else two (``next_movies``, then ``rank_ids`` or ``serving_default``)."""
@@ -311,14 +311,14 @@ class Gateway:
         if not candidates:
             return candidates, None, False
         try:
-            return candidates, self._rank(user, [c.movie_id for c in candidates], view, deadline), False
+            return candidates, self._rank(user, candidates.ids, view, deadline), False
         except ModelUnavailable:
             self.metrics.degraded.labels("recommend", "model").inc()
             return candidates, None, True
 
     def _rank_in_one_call(self, view: BatchView, ctx: R.RecallContext, user: UserInput,
                           per_channel: dict[str, R.Scored], wanted: Sequence[str],
-                          deadline: float | None) -> tuple[list[R.Candidate], Ranking] | None:
+                          deadline: float | None) -> tuple[R.Fused, Ranking] | None:
         """The model channel and ranking from one ``recommend`` call; None when the export cannot (no such
         signature, or its candidate table is of another batch version): then two calls answer.
 
@@ -345,7 +345,7 @@ class Gateway:
         candidates = self._fuse(per_channel)
         row = {m: len(sent) + j for j, (m, _) in enumerate(got.next_movies)}
         row.update((m, i) for i, m in enumerate(sent))
-        rows = np.fromiter((row[c.movie_id] for c in candidates), np.int64, len(candidates))
+        rows = np.fromiter(map(row.__getitem__, candidates.ids), np.int64, len(candidates))
         a, b = got.ranking, got.next_ranking
         return candidates, Ranking(score=np.concatenate([a.score, b.score])[rows],
                                    rating=np.concatenate([a.rating, b.rating])[rows],
@@ -367,14 +367,14 @@ class Gateway:
         except ModelUnavailable:
             return []
 
-    def _blend(self, view: BatchView, ctx: R.RecallContext, feats: dict[str, Any], candidates: list[R.Candidate],
+    def _blend(self, view: BatchView, ctx: R.RecallContext, feats: dict[str, Any], candidates: R.Fused,
                ranking: Ranking | None, degraded: bool, k: int, explain: bool, stages: dict[str, float]) -> Answer:
         catalog = view.catalog
-        ids = [c.movie_id for c in candidates]
+        ids = candidates.ids
         history_sent = [m for m, _, _ in ctx.history][-self.history_len:]
         t = time.perf_counter()
         use_model = ranking is not None and (not ctx.is_cold or self.cfg.serving.rank_cold_start)
-        order = blend([c.score for c in candidates], ranking.score if use_model and ranking else None,
+        order = blend(candidates.scores, ranking.score if use_model and ranking else None,
                       self.cfg.serving.recall_weight)
         picked = cap_genres(order, lambda i: catalog.genres(ids[i]), k, self.cfg.serving.genre_cap)
         watched: dict[int, int | None] = {}

@@ -145,9 +145,11 @@ class LocalStub:
     "in-process"``): the same requests, answers, status codes and request batching as over gRPC, without the
     transport, its threads and a second process's copy of every tensor.
 
-    Why: on two cores a Recommend's model call through gRPC cost the model server ~3 CPU-ms beyond the model
-    itself (README, "Serving"). The deadline is the batcher's: a request whose deadline has passed when its
-    batch runs is not computed; one already computing finishes (gRPC would stop waiting for it instead).
+    Why it exists: through gRPC the model server spends ~3 CPU-ms per Recommend beyond the model itself; in
+    one process that goes, but the gateway's Python and the model's share one GIL, and on two cores the sum
+    measured no lower (README, "Serving"), so the child process stays the default. The deadline is the
+    batcher's: a request whose deadline has passed when its batch runs is not computed; one already
+    computing finishes (gRPC would stop waiting for it instead).
     """
 
     def __init__(self, server: Any) -> None:

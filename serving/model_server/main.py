@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from pipeline.home import atomic_write_text
 from serving.model_server.server import ModelServer
+from serving.runtime import GcFreezer
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(LISTEN_LINE.format(host=args.host, port=port), flush=True)
     if args.port_file:
         atomic_write_text(Path(args.port_file), f"{port}\n")
+    freezer = GcFreezer()  # the loaded versions' objects out of the collector's walks (serving.runtime)
     while not stop.wait(0.5):
         pass
+    freezer.stop()
     log.info("%s received; stopping (grace %.1fs)", signal.Signals(received[0]).name, args.grace)
     server.stop(args.grace)
     log.info("model server stopped")
