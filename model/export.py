@@ -340,19 +340,30 @@ def warmup_request(vocab: Any, table: Any) -> dict[str, np.ndarray]:
     return build_request(user, cand, vocab.history_len, vocab.title_len)
 
 
-def write_warmup(path: Path, request: dict[str, np.ndarray], model_name: str) -> None:
-    """assets.extra/tf_serving_warmup_requests: PredictionLog records in a TFRecord file."""
+def write_warmup(path: Path, request: dict[str, np.ndarray], model_name: str,
+                 signatures: tuple[str, ...] = (SIGNATURE_NAME,)) -> None:
+    """assets.extra/tf_serving_warmup_requests: PredictionLog records in a TFRecord file, one per signature.
+
+    Every signature the gateway calls gets one (``request`` holds the inputs of all of them): the first call of
+    a signature builds and optimises its graph (~1.5 s on two cores), which otherwise lands on a live request
+    and overruns its model timeout.
+    """
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SIGNATURE_NAME))
-    for name, (dtype, _) in SERVING_INPUTS.items():
-        value = request[name]
-        req.inputs[name].CopyFrom(tf.make_tensor_proto(value.astype(bytes) if dtype == "string" else value))
+    inputs = {SIGNATURE_NAME: list(SERVING_INPUTS), RANK_IDS_SIGNATURE: list(RANK_IDS_INPUTS),
+              RECOMMEND_SIGNATURE: list(RANK_IDS_INPUTS), NEXT_MOVIES_SIGNATURE: ["hist_movie_ids"]}
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
-        writer.write(prediction_log_pb2.PredictionLog(
-            predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
+        for signature in signatures:
+            req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name,
+                                                                            signature_name=signature))
+            for name in inputs[signature]:
+                value = request[name]
+                req.inputs[name].CopyFrom(tf.make_tensor_proto(
+                    value.astype(bytes) if SERVING_INPUTS[name][0] == "string" else value))
+            writer.write(prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
 
 
 def export(home: Home, run_dir: Path, model_name: str = MODEL_NAME) -> Path:
@@ -380,7 +391,8 @@ def export(home: Home, run_dir: Path, model_name: str = MODEL_NAME) -> Path:
             signatures[NEXT_MOVIES_SIGNATURE] = module.next_movies
             signatures[RECOMMEND_SIGNATURE] = module.recommend
         tf.saved_model.save(module, str(staging), signatures=signatures)
-        write_warmup(staging / "assets.extra" / "tf_serving_warmup_requests", warmup_request(vocab, table), model_name)
+        write_warmup(staging / "assets.extra" / "tf_serving_warmup_requests", warmup_request(vocab, table), model_name,
+                     tuple(signatures))
         (staging / "assets.extra" / "run.txt").write_text(f"{summary['run']}\n{summary['batch_version']}\n")
         final = base / str(version)
         os.rename(staging, final)

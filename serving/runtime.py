@@ -32,5 +32,8 @@ class GcFreezer:
             gc.freeze()
 
     def stop(self) -> None:
+        """End the thread and hand the frozen objects back to the collector (a process that goes on, such as
+        a test session running several gateways, then collects what became cyclic garbage meanwhile)."""
         self._stop.set()
         self._thread.join(timeout=5)
+        gc.unfreeze()
