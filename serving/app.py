@@ -183,6 +183,7 @@ def serving_stack(cfg: Config) -> Iterator[RunningGateway]:
                                        max_batch=s.max_batch, batch_timeout_ms=s.batch_timeout_ms,
                                        intra_op_threads=s.model_intra_op_threads,
                                        inter_op_threads=s.model_inter_op_threads,
+                                       max_in_flight=s.model_max_in_flight,
                                        log_path=Home(cfg.home).logs / "model-server.log")
             stack.callback(model.stop)
             target = f"127.0.0.1:{model.port}"

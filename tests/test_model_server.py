@@ -288,6 +288,42 @@ def test_bad_requests_get_tf_serving_status_codes(server, base1: Path) -> None: 
     assert predict.Predict(predict_request(good)).model_spec.version.value == 1  # still serving
 
 
+def test_a_call_beyond_the_bound_is_refused_at_once(base1: Path) -> None:
+    """``max_in_flight``: with one call computing, the next is answered RESOURCE_EXHAUSTED without waiting (the
+    gateway's breaker counts it); once the first is done, calls are admitted again."""
+    from serving.model_server import ModelServer
+
+    srv = ModelServer(base1, MODEL, poll_seconds=60, max_batch=1, max_in_flight=1)
+    port = srv.start(0)
+    channel, predict, _ = stubs(port)
+    servable = srv._servables[1]
+    entered, release = threading.Event(), threading.Event()
+    run = servable.run
+
+    def held(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        entered.set()
+        release.wait(30)
+        return run(*args, **kwargs)
+
+    servable.run = held  # type: ignore[method-assign]
+    try:
+        req = predict_request(make_request(base1, 5, 100))
+        first = predict.Predict.future(req, timeout=30)
+        assert entered.wait(30)
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            predict.Predict(req, timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() - t0 < 10
+        release.set()
+        assert "score" in first.result().outputs
+        servable.run = run  # type: ignore[method-assign]
+        assert "score" in predict.Predict(req, timeout=30).outputs
+    finally:
+        release.set()
+        channel.close()
+        srv.stop()
+
+
 def test_concurrent_batched_answers_equal_sequential(server, base1: Path) -> None:  # noqa: ANN001
     srv, predict, _ = server
     requests = [make_request(base1, n, 100 + i) for i, n in enumerate([3, 40, 17, 40, 1, 64, 25, 8, 33, 12])]

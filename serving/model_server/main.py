@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="most Predict calls merged into one model call (1 = off)")
     p.add_argument("--batch-timeout-ms", type=float, default=2.0, help="how long a request waits for others to batch with")
     p.add_argument("--batch-threads", type=int, default=1, help="threads running merged batches")
+    p.add_argument("--max-in-flight", type=int, default=32,
+                   help="gRPC calls worked on at once; one more is refused at once with RESOURCE_EXHAUSTED (0 = none)")
     p.add_argument("--intra-op-threads", type=int, default=0,
                    help="TensorFlow threads inside one op (0 = TensorFlow's default: one per core)")
     p.add_argument("--inter-op-threads", type=int, default=0,
@@ -83,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_tf_threads(args.intra_op_threads, args.inter_op_threads)
     server = ModelServer(args.base, args.name, poll_seconds=args.poll_seconds, max_batch=args.max_batch,
                          batch_timeout_ms=args.batch_timeout_ms, keep_versions=args.keep_versions,
-                         batch_threads=args.batch_threads, host=args.host, labels=dict(args.label))
+                         batch_threads=args.batch_threads, host=args.host, labels=dict(args.label),
+                         max_in_flight=args.max_in_flight)
     try:
         port = server.start(args.port)
     except OSError as exc:

@@ -68,7 +68,7 @@ def _tail(path: Path, n: int = 4000) -> str:
 
 def spawn_model_server(base: str | os.PathLike, name: str = "ranker", port: int = 0, *, poll_seconds: float = 2.0,
                        max_batch: int = 8, batch_timeout_ms: float = 2.0, keep_versions: int = 1,
-                       intra_op_threads: int = 0, inter_op_threads: int = 0,
+                       intra_op_threads: int = 0, inter_op_threads: int = 0, max_in_flight: int = 32,
                        host: str = "127.0.0.1", log_path: str | os.PathLike | None = None,
                        timeout: float = 120.0, grace: float = 5.0, extra_args: Iterable[str] = (),
                        env: Mapping[str, str] | None = None) -> ModelServerProcess:
@@ -92,6 +92,7 @@ def spawn_model_server(base: str | os.PathLike, name: str = "ranker", port: int 
            "--host", host, "--poll-seconds", str(poll_seconds), "--max-batch", str(max_batch),
            "--batch-timeout-ms", str(batch_timeout_ms), "--keep-versions", str(keep_versions),
            "--intra-op-threads", str(intra_op_threads), "--inter-op-threads", str(inter_op_threads),
+           "--max-in-flight", str(max_in_flight),
            "--grace", str(grace), "--port-file", str(port_file), *extra_args]
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,

@@ -35,12 +35,14 @@ class ModelServer:
     def __init__(self, base: str | os.PathLike, name: str = "ranker", *, poll_seconds: float = 2.0,
                  max_batch: int = 8, batch_timeout_ms: float = 2.0, keep_versions: int = 1,
                  batch_threads: int = 1, host: str = "127.0.0.1", max_workers: int = 16,
-                 labels: Mapping[str, int] | None = None) -> None:
+                 labels: Mapping[str, int] | None = None, max_in_flight: int = 32) -> None:
         if keep_versions < 1:
             raise ValueError("keep_versions must be >= 1")
         self.base, self.name, self.host = Path(base), name, host
         self.poll_seconds, self.keep_versions, self.max_workers = float(poll_seconds), int(keep_versions), max_workers
         self.labels = dict(labels or {})
+        # calls worked on at once over gRPC; one more is refused at once with RESOURCE_EXHAUSTED (0 = no bound)
+        self.max_in_flight = int(max_in_flight)
         self.batcher = Batcher(max_batch, batch_timeout_ms / 1000.0, batch_threads)
         self._servables: dict[int, Servable] = {}   # replaced, never mutated: readers take a snapshot
         self._status: dict[int, VersionStatus] = {}
@@ -260,7 +262,7 @@ class ModelServer:
         self._stop.clear()
         self.poll_once()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="model-grpc"),
-                             options=GRPC_OPTIONS)
+                             options=GRPC_OPTIONS, maximum_concurrent_rpcs=self.max_in_flight or None)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionServicer(self), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelServicer(self), server)
         self._health = health.HealthServicer()
