@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
+
 from pipeline.schemas import AGE_BUCKETS
 from pipeline.recall import MODEL_CHANNEL
 
@@ -29,13 +31,13 @@ def blend(recall_scores: Sequence[float], model_scores: Sequence[float] | None, 
 
     Without model scores (degraded) the recall order stands. Ties keep the recall order.
     """
-    n = len(recall_scores)
-    top = max(recall_scores, default=0.0) or 1.0
+    recall = np.asarray(recall_scores, np.float64)
+    top = (float(recall.max()) if len(recall) else 0.0) or 1.0
     if model_scores is None:
-        final = [s / top for s in recall_scores]
+        final = recall / top
     else:
-        final = [float(model_scores[i]) + recall_weight * recall_scores[i] / top for i in range(n)]
-    return sorted(range(n), key=lambda i: (-final[i], i))
+        final = np.asarray(model_scores, np.float64) + recall_weight * recall / top
+    return np.lexsort((np.arange(len(final)), -final)).tolist()  # numpy: ~460 candidates per Recommend
 
 
 def cap_genres(order: Sequence[int], genres_of: Callable[[int], Sequence[str]], k: int, cap: float) -> list[int]:
