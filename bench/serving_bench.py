@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=6040, help="distinct users cycled through (at least 6,040)")
     parser.add_argument("--deadline", type=float, default=2.0, help="each call's deadline, seconds")
     parser.add_argument("--max-batch", type=int, help="model server batching (1 = off); default serving.max_batch")
+    parser.add_argument("--batch-timeout-ms", type=float, help="model server batching wait; default serving.batch_timeout_ms")
     parser.add_argument("--intra-op-threads", type=int, help="model server TensorFlow intra-op threads")
     parser.add_argument("--inter-op-threads", type=int, help="model server TensorFlow inter-op threads")
     parser.add_argument("--max-in-flight", type=int, help="gateway admission bound; default serving.grpc_max_in_flight")
@@ -263,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                "model_server": args.model_server}
     if args.max_batch:
         serving["max_batch"] = args.max_batch
+    if args.batch_timeout_ms is not None:
+        serving["batch_timeout_ms"] = args.batch_timeout_ms
     if args.intra_op_threads is not None:
         serving["model_intra_op_threads"] = args.intra_op_threads
     if args.inter_op_threads is not None:
@@ -318,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": describe(), "home": str(cfg.home), **counts,
               "rank_signatures": signatures, "distinct_users": len(users), "seconds_per_rate": args.seconds,
               "deadline_s": args.deadline, "max_batch": cfg.serving.max_batch,
+              "batch_timeout_ms": cfg.serving.batch_timeout_ms,
               "model_server": cfg.serving.model_server or "embedded child process",
               "model_intra_op_threads": cfg.serving.model_intra_op_threads,
               "model_inter_op_threads": cfg.serving.model_inter_op_threads,
