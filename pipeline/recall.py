@@ -11,7 +11,7 @@ is down). A user without history gets ``recall.cold_start_channels``.
 Example::
 
     ctx = RecallContext(user_id=7, history=[(1, 4.0, 978300760)], age_bucket=25, gender="F")
-    candidates = merge(ctx, store, cfg.recall)   # [Candidate(movie_id, score, sources), ...]
+    candidates = merge(ctx, store, cfg.recall)   # Fused: candidates[i].movie_id / .score / .sources; .ids, .scores
 """
 
 from __future__ import annotations
