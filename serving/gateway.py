@@ -79,6 +79,15 @@ def _check_deadline(deadline: float | None, stage: str) -> None:
         raise DeadlineExceeded(f"the deadline passed during {stage}")
 
 
+def _model_budget(deadline: float | None) -> float | None:
+    """Seconds a model call may take (5 ms of the caller's deadline kept for the answer), None without a
+    deadline; DeadlineExceeded when nothing is left."""
+    remaining = None if deadline is None else deadline - time.monotonic() - 0.005
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceeded("the deadline passed before ranking")
+    return remaining
+
+
 @dataclass
 class Item:
     movie_id: int
@@ -174,9 +183,7 @@ class Gateway:
     def _rank(self, user: UserInput, ids: list[int], view: BatchView, deadline: float | None) -> Ranking:
         """Score ``ids`` for ``user``: candidate ids only (``rank_ids``) where that is exact, else every
         candidate's features from the catalog (``serving.precomputed_candidates``)."""
-        remaining = None if deadline is None else deadline - time.monotonic() - 0.005
-        if remaining is not None and remaining <= 0:
-            raise DeadlineExceeded("the deadline passed before ranking")
+        remaining = _model_budget(deadline)
 
         def full() -> dict[str, np.ndarray]:
             return build_request(user, view.catalog.movie_inputs(ids), self.history_len, self.title_len)
@@ -329,9 +336,7 @@ class Gateway:
         ``merged_size`` plus the model's list. So the candidates, their recall scores and sources are those
         of the two-call path, and each candidate's row is taken from whichever list ranked it.
         """
-        remaining = None if deadline is None else deadline - time.monotonic() - 0.005
-        if remaining is not None and remaining <= 0:
-            raise DeadlineExceeded("the deadline passed before ranking")
+        remaining = _model_budget(deadline)
         sent = self.sent_in_one_call(per_channel)
         got = self.ranking.recommend(
             build_user_request(user, self.history_len), np.asarray([sent], np.int64),
@@ -359,8 +364,9 @@ class Gateway:
         A model server that cannot answer leaves the channel empty: the other channels still recall, and
         ranking then reports the outage.
         """
-        remaining = None if deadline is None else deadline - time.monotonic() - 0.005
-        if remaining is not None and remaining <= 0:
+        try:
+            remaining = _model_budget(deadline)
+        except DeadlineExceeded:
             return []
         try:
             return self.ranking.next_movies([m for m, _, _ in ctx.history], self.history_len, timeout_s=remaining)

@@ -243,9 +243,7 @@ class RankingClient:
         def left() -> float | None:
             return None if timeout_s is None else max(0.001, timeout_s - (time.monotonic() - start))
 
-        learnt = self._ids_batch
-        if start < self._ids_off_until or (learnt is not None and learnt[0] != batch_version
-                                           and start - learnt[1] < RANK_IDS_RECHECK_S):
+        if not self._table_may_serve(batch_version, start):
             return self.rank(full(), timeout_s)
         try:
             resp = self._predict(self._request(RANK_IDS_SIGNATURE, {**user, "movie_ids": movie_ids}), timeout_s)
@@ -255,16 +253,30 @@ class RankingClient:
                 return self.rank(full(), left())
             raise self._unavailable(exc) from None
         ranking, out = self._ranking(resp, movie_ids.shape[1])
+        served_batch, known = self._table_answer(out, movie_ids.shape[1], RANK_IDS_SIGNATURE)
+        if served_batch != batch_version or not known:
+            return self.rank(full(), left())
+        return ranking
+
+    def _table_may_serve(self, batch_version: str, now: float) -> bool:
+        """May ``rank_ids`` / ``recommend`` be exact now? Not while the export is known to lack ``rank_ids``, nor
+        while its candidate table last reported another batch version than ``batch_version`` (both trusted
+        for ``RANK_IDS_RECHECK_S``)."""
+        learnt = self._ids_batch
+        return now >= self._ids_off_until and not (
+            learnt is not None and learnt[0] != batch_version and now - learnt[1] < RANK_IDS_RECHECK_S)
+
+    def _table_answer(self, out: dict[str, np.ndarray], n: int, signature: str) -> tuple[str, bool]:
+        """(the batch version the candidate table holds, whether it knew all ``n`` movies sent) of a
+        ``rank_ids`` / ``recommend`` answer; the version is remembered for ``_table_may_serve``."""
         try:
             first = np.asarray(out["batch_version"]).reshape(-1)[0]
             served_batch = first.decode() if isinstance(first, bytes) else str(first)
-            known = np.asarray(out["known"])[0][: movie_ids.shape[1]]
+            known = bool(np.all(np.asarray(out["known"])[0][:n]))
         except (KeyError, IndexError) as exc:
-            raise ModelUnavailable(f"model server {self.target} answered outside rank_ids: {exc!r}") from None
+            raise ModelUnavailable(f"model server {self.target} answered outside {signature}: {exc!r}") from None
         self._ids_batch = (served_batch, time.monotonic())
-        if served_batch != batch_version or not bool(np.all(known)):
-            return self.rank(full(), left())
-        return ranking
+        return served_batch, known
 
     def recommend(self, user: dict[str, np.ndarray], movie_ids: np.ndarray, batch_version: str,
                   full: Callable[[], dict[str, np.ndarray]], timeout_s: float | None = None) -> Recommended | None:
@@ -278,9 +290,7 @@ class RankingClient:
         movies, which the table always holds.
         """
         start = time.monotonic()
-        learnt = self._ids_batch
-        if start < self._one_call_off_until or start < self._ids_off_until or (
-                learnt is not None and learnt[0] != batch_version and start - learnt[1] < RANK_IDS_RECHECK_S):
+        if start < self._one_call_off_until or not self._table_may_serve(batch_version, start):
             return None
         try:
             resp = self._predict(self._request(RECOMMEND_SIGNATURE, {**user, "movie_ids": movie_ids}), timeout_s)
@@ -291,10 +301,8 @@ class RankingClient:
             raise self._unavailable(exc) from None
         n = movie_ids.shape[1]
         ranking, out = self._ranking(resp, n)
+        served_batch, known = self._table_answer(out, n, RECOMMEND_SIGNATURE)
         try:
-            first = np.asarray(out["batch_version"]).reshape(-1)[0]
-            served_batch = first.decode() if isinstance(first, bytes) else str(first)
-            known = np.asarray(out["known"])[0][:n]
             ids, logp = out["next_movie_ids"][0], out["next_log_prob"][0]
             next_ranking = Ranking(score=out["next_score"][0], rating=out["next_rating"][0],
                                    attention=out["next_attention"][0], model_version=ranking.model_version)
@@ -303,10 +311,9 @@ class RankingClient:
         if not len(ids) == len(logp) == len(next_ranking.score) == len(next_ranking.rating):
             raise ModelUnavailable(f"model server {self.target} answered {len(ids)} next movies with "
                                    f"{len(next_ranking.score)} scores")
-        self._ids_batch = (served_batch, time.monotonic())
         if served_batch != batch_version:
             return None
-        if not bool(np.all(known)):
+        if not known:
             left = None if timeout_s is None else max(0.001, timeout_s - (time.monotonic() - start))
             ranking = self.rank(full(), left)
         return Recommended(next_movies=[(int(m), float(p)) for m, p in zip(ids.tolist(), logp.tolist())],
