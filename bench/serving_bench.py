@@ -194,7 +194,8 @@ def rank_requests(stack: Any, users: list[int]) -> tuple[list[tuple[str, dict[st
                 per_channel[R.MODEL_CHANNEL] = gw._model_channel(view, ctx, got.next_movies, ())
                 out.append((RECOMMEND_SIGNATURE, req))
                 merged.append(len(gw._fuse(per_channel)))
-                rows.append(len(sent) + len(got.next_movies))
+                # the graph ranks each movie once (a next movie among the sent ones takes their row)
+                rows.append(len(set(sent) | {m for m, _ in got.next_movies}))
                 continue
         ids = [c.movie_id for c in gw.candidates(view, ctx)]
         if "ids" not in probe:

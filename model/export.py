@@ -280,7 +280,8 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
 
                 A Recommend needs both (the next movies join the recall candidates, then everything is ranked);
                 as two calls it paid the per-user work twice plus a round trip. The next movies are ranked in
-                the same batch as the candidates, so a movie in both lists is scored twice, identically.
+                the same batch as the candidates, each movie once (``_rows_of_next``): a row's outputs depend
+                on the user and that movie alone, so a next movie already among the candidates takes their row.
                 """
                 user = self._user_inputs(user_id, age_bucket, gender, occupation, user_n_ratings, user_mean_rating,
                                          hist_movie_ids, hist_ratings, interest_genres)
@@ -290,7 +291,8 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
                 top = self._top_next(hist_idx, logp, slots)
                 cand = self._idx("movie_id", movie_ids)
                 n = tf.shape(cand)[1]
-                both = tf.concat([cand, tf.cast(top.indices, tf.int32)], axis=1)
+                extra, rows = self._rows_of_next(cand, tf.cast(top.indices, tf.int32))
+                both = tf.concat([cand, extra], axis=1)
                 out = self.rest({**user, "cand_movie_idx": both, "cand_vec": tf.gather(self.cand_table, both)},
                                 training=False)
                 ranked = self._outputs(out, both, hist_idx, logp, slots)
@@ -298,10 +300,32 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
                 result["known"] = cand > 0
                 result["batch_version"] = tf.fill(tf.shape(user_id), self.batch_version)
                 for k, v in ranked.items():  # static K: a batcher pads and slices only the candidates' N
-                    result[f"next_{k}"] = tf.ensure_shape(v[:, n:], [None, top_k] + v.shape[2:].as_list())
+                    result[f"next_{k}"] = tf.ensure_shape(tf.gather(v, rows, batch_dims=1),
+                                                          [None, top_k] + v.shape[2:].as_list())
                 result["next_movie_ids"] = tf.gather(self.movie_ids_by_idx, top.indices)
                 result["next_log_prob"] = tf.gather(logp, top.indices, batch_dims=1)
                 return result
+
+        def _rows_of_next(self, cand: Any, nxt: Any) -> tuple[Any, Any]:
+            """(extra [B, C], rows [B, K]): the next movies ``nxt`` not among the candidates ``cand`` (vocabulary
+            indices, in their order, C the most any batch row has; a shorter row is padded with its own next
+            movies, scored and unused), and where each next movie's row lies in ``concat([cand, extra])``.
+
+            On the bench home ~230 of the 300 next movies are candidates already: ~470 rows instead of ~700.
+            """
+            b, n = tf.shape(cand)[0], tf.shape(cand)[1]
+            batch_row = tf.broadcast_to(tf.range(b)[:, None], tf.shape(cand))
+            # first position of each candidate movie (index 0, unknown or padding, is never a next movie)
+            first = tf.tensor_scatter_nd_min(tf.fill([b, vocab.movie.size + 1], tf.int32.max),
+                                             tf.stack([batch_row, cand], axis=-1),
+                                             tf.broadcast_to(tf.range(n)[None, :], tf.shape(cand)))
+            at = tf.gather(first, nxt, batch_dims=1)
+            new = at == tf.int32.max
+            order = tf.argsort(tf.cast(~new, tf.int32), axis=1, stable=True)  # the new ones first, in order
+            extra = tf.gather(nxt, order[:, :tf.reduce_max(tf.reduce_sum(tf.cast(new, tf.int32), axis=1))],
+                              batch_dims=1)
+            rows = tf.where(new, n + tf.cumsum(tf.cast(new, tf.int32), axis=1) - 1, at)
+            return extra, rows
 
     return ServingModule()
 

@@ -106,9 +106,12 @@ def build_encoder(spec: SequenceSpec) -> Any:
     return model
 
 
-def windows(sequences: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
+def windows(sequences: Sequence[np.ndarray], length: int, stride: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Training pairs: every window of ``length`` movies (ending at each sequence's end, stepping back by
-    ``length``) as input, the same window shifted by one as targets; left-padded with 0 (no target)."""
+    ``stride``, 0 = ``length``: no overlap) as input, the same window shifted by one as targets; left-padded with
+    0 (no target). With a stride below the length a movie is a target in several windows, each time after a
+    different stretch of history (the early positions of a window see little of it)."""
+    stride = stride or length
     xs, ys = [], []
     for s in sequences:
         end = len(s) - 1
@@ -117,7 +120,7 @@ def windows(sequences: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, n
             x, y = s[start:end], s[start + 1:end + 1]
             xs.append(np.concatenate([np.zeros(length - len(x), np.int32), x]))
             ys.append(np.concatenate([np.zeros(length - len(y), np.int32), y]))
-            end -= length
+            end -= stride
     if not xs:
         return np.zeros((0, length), np.int32), np.zeros((0, length), np.int32)
     return np.stack(xs).astype(np.int32), np.stack(ys).astype(np.int32)
@@ -154,7 +157,7 @@ def hit_rate(logits: np.ndarray, history: Sequence[np.ndarray], targets: np.ndar
 def fit(spec: SequenceSpec, train: Sequence[np.ndarray], val_history: Sequence[np.ndarray], val_targets: np.ndarray,
         epochs: int, patience: int, batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        budget_s: float = 0.0) -> tuple[Any, dict[str, Any]]:
+        budget_s: float = 0.0, stride: int = 0) -> tuple[Any, dict[str, Any]]:
     """Train with the full-catalogue softmax; keep the epoch with the best validation NDCG@10.
 
     ``budget_s`` (0 = none) bounds the wall clock: no epoch starts that would end past it, judged by the
@@ -167,7 +170,7 @@ def fit(spec: SequenceSpec, train: Sequence[np.ndarray], val_history: Sequence[n
 
     keras.utils.set_random_seed(seed)
     model = build_encoder(spec)
-    x, y = windows(train, spec.length)
+    x, y = windows(train, spec.length, stride)
     if len(x) == 0:
         raise ValueError("no training sequence has two or more movies")
     batch_size = min(batch_size, len(x))

@@ -300,7 +300,8 @@ def fit_sequence(cfg: Config, inter: pd.DataFrame, vocab: Any, verbose: int = 1,
 
     model, summary = S.fit(spec, list(train_seqs.values()), history, targets, epochs=m.sequence_epochs,
                            patience=m.sequence_patience, batch_size=m.sequence_batch_size,
-                           learning_rate=m.sequence_learning_rate, seed=m.seed, on_epoch=report, budget_s=budget_s)
+                           learning_rate=m.sequence_learning_rate, seed=m.seed, on_epoch=report, budget_s=budget_s,
+                           stride=m.sequence_window_stride)
     return SequenceFit(model, spec, summary, inter, val, users, history, targets)
 
 

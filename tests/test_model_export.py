@@ -183,16 +183,22 @@ def test_recommend_is_next_movies_and_rank_ids_in_one_call(trained: dict, tmp_pa
     request = {k: v for k, v in as_tensors(scorer.request(_rows_of(data.visible)[:2])).items()
                if k in RANK_IDS_INPUTS}
     request["movie_ids"] = request["movie_ids"][:, :37]  # any candidate count
-    got = one(**request)
     nxt = loaded.signatures["next_movies"](hist_movie_ids=request["hist_movie_ids"])
-    np.testing.assert_array_equal(got["next_movie_ids"].numpy(), nxt["movie_ids"].numpy())
-    np.testing.assert_allclose(got["next_log_prob"].numpy(), nxt["log_prob"].numpy(), rtol=1e-5, atol=1e-5)
     by_ids = loaded.signatures[RANK_IDS_SIGNATURE]
-    sent = by_ids(**request)
     on_next = by_ids(**{**request, "movie_ids": nxt["movie_ids"]})
-    for name in ("score", "rating", "attention"):
-        np.testing.assert_allclose(got[name].numpy(), sent[name].numpy(), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(got[f"next_{name}"].numpy(), on_next[name].numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_array_equal(got["known"].numpy(), sent["known"].numpy())
+    ids = nxt["movie_ids"].numpy()
+    # candidates that hold some next movies (one of them twice, one only for the second user): each next movie
+    # is ranked once, on the candidates' row where it has one
+    overlap = np.concatenate([request["movie_ids"].numpy(), ids[:, 3:9], ids[:, 5:6],
+                              np.stack([ids[0, 11:12], request["movie_ids"].numpy()[1, :1]])], axis=1)
+    for movie_ids in (request["movie_ids"], tf.constant(overlap)):
+        got = one(**{**request, "movie_ids": movie_ids})
+        np.testing.assert_array_equal(got["next_movie_ids"].numpy(), ids)
+        np.testing.assert_allclose(got["next_log_prob"].numpy(), nxt["log_prob"].numpy(), rtol=1e-5, atol=1e-5)
+        sent = by_ids(**{**request, "movie_ids": movie_ids})
+        for name in ("score", "rating", "attention"):
+            np.testing.assert_allclose(got[name].numpy(), sent[name].numpy(), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(got[f"next_{name}"].numpy(), on_next[name].numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(got["known"].numpy(), sent["known"].numpy())
     assert got["next_score"].shape == nxt["movie_ids"].shape  # static K: a batcher never mistakes it for N
     assert one.structured_outputs["next_score"].shape.as_list() == [None, nxt["movie_ids"].shape[1]]

@@ -13,6 +13,8 @@ def test_windows_end_at_the_last_movie_and_step_back_by_the_length() -> None:
     x, y = S.windows([np.array([1, 2, 3, 4, 5], np.int32)], length=3)
     assert x.tolist() == [[2, 3, 4], [0, 0, 1]] and y.tolist() == [[3, 4, 5], [0, 0, 2]]
     assert S.windows([np.array([7], np.int32)], 3)[0].shape == (0, 3)          # one movie: nothing to predict
+    x, y = S.windows([np.array([1, 2, 3, 4, 5], np.int32)], length=3, stride=2)  # overlapping windows
+    assert x.tolist() == [[2, 3, 4], [0, 1, 2]] and y.tolist() == [[3, 4, 5], [0, 2, 3]]
     assert S.last_window([np.array([1, 2, 3, 4]), np.array([9])], 3).tolist() == [[2, 3, 4], [0, 0, 9]]
 
 
