@@ -311,7 +311,7 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
             indices, in their order, C the most any batch row has; a shorter row is padded with its own next
             movies, scored and unused), and where each next movie's row lies in ``concat([cand, extra])``.
 
-            On the bench home ~230 of the 300 next movies are candidates already: ~470 rows instead of ~700.
+            On the bench home most of the 300 next movies are candidates already: 527 rows a call instead of 699.
             """
             b, n = tf.shape(cand)[0], tf.shape(cand)[1]
             batch_row = tf.broadcast_to(tf.range(b)[:, None], tf.shape(cand))
@@ -321,10 +321,10 @@ def build_module(ranker: Any, vocab: Any, table: Any, vocab_files: dict[str, Pat
                                              tf.broadcast_to(tf.range(n)[None, :], tf.shape(cand)))
             at = tf.gather(first, nxt, batch_dims=1)
             new = at == tf.int32.max
-            order = tf.argsort(tf.cast(~new, tf.int32), axis=1, stable=True)  # the new ones first, in order
-            extra = tf.gather(nxt, order[:, :tf.reduce_max(tf.reduce_sum(tf.cast(new, tf.int32), axis=1))],
-                              batch_dims=1)
-            rows = tf.where(new, n + tf.cumsum(tf.cast(new, tf.int32), axis=1) - 1, at)
+            is_new = tf.cast(new, tf.int32)
+            order = tf.argsort(1 - is_new, axis=1, stable=True)  # the new ones first, in order
+            extra = tf.gather(nxt, order[:, :tf.reduce_max(tf.reduce_sum(is_new, axis=1))], batch_dims=1)
+            rows = tf.where(new, n + tf.cumsum(is_new, axis=1) - 1, at)
             return extra, rows
 
     return ServingModule()

@@ -187,8 +187,8 @@ def test_recommend_is_next_movies_and_rank_ids_in_one_call(trained: dict, tmp_pa
     by_ids = loaded.signatures[RANK_IDS_SIGNATURE]
     on_next = by_ids(**{**request, "movie_ids": nxt["movie_ids"]})
     ids = nxt["movie_ids"].numpy()
-    # candidates that hold some next movies (one of them twice, one only for the second user): each next movie
-    # is ranked once, on the candidates' row where it has one
+    # candidates that hold some next movies (one of them twice, one more for the first user only) and, for the
+    # second user, a candidate twice: each next movie is ranked once, on the candidates' row where it has one
     overlap = np.concatenate([request["movie_ids"].numpy(), ids[:, 3:9], ids[:, 5:6],
                               np.stack([ids[0, 11:12], request["movie_ids"].numpy()[1, :1]])], axis=1)
     for movie_ids in (request["movie_ids"], tf.constant(overlap)):
